@@ -1,0 +1,22 @@
+//! # odelt-nodes
+//!
+//! ODE_t(ODE_l) (Gudovskiy et al., arXiv 2506.21714) in candle: a DiT whose blocks are grouped into Euler steps
+//! of an inner ODE over depth (ODE_l), sampled by an outer ODE over time (ODE_t) with any number of steps T and
+//! any active length l.
+//!
+//! - [`config`]: the model configuration and the official presets.
+//! - [`model`]: the DiT with the ODE_l wiring, reading like the paper.
+//! - [`params`]: where weights come from (Flax names and layouts), loaded only for the blocks a length needs.
+//! - [`checkpoint`]: the official pickle checkpoints (safe reader) and the project's safetensors format.
+//! - [`solver`]: ODE_t solvers (Euler, Heun, Dopri5) and classifier-free guidance.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod params;
+pub mod solver;
+
+pub use config::DitConfig;
+pub use error::{Error, Result};
+pub use model::Dit;

@@ -1,0 +1,272 @@
+//! The DiT of ODE_t(ODE_l) (spec §1): a class-conditional DiT whose blocks are rewired into an Euler solver over
+//! depth. Blocks come in groups of `depth_group`; inside a group the residual stream is the ordinary sequential chain,
+//! and each group end is one Euler step of the length ODE:
+//!
+//! ```text
+//! x_r ← x_r + v_b        (the stream after the group: previous stream plus the group-end block's output)
+//! v_r ← v_r + v_b        (the velocity fed to the final layer: the sum of the group-end outputs)
+//! ```
+//!
+//! A length embedding tells the network how many blocks `l` are active; at length `l` only the blocks that reach the
+//! output are loaded and computed (for DiT-XL, whose depth 28 is not a multiple of its group 8, that is up to the
+//! last group end below `l`, §1.8).
+
+pub mod block;
+pub mod embed;
+pub mod layers;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::DitConfig;
+use crate::error::{Error, Result};
+use crate::params::{Loader, ParamSource};
+use block::{DitBlock, FinalLayer};
+use embed::{sincos_pos_embed, unpatchify, Embedding, PatchEmbed, TimestepEmbedder};
+
+/// The ODE_t(ODE_l) DiT (or, without a length embedding, the conventional shortcut-models DiT).
+#[derive(Debug, Clone)]
+pub struct Dit {
+    cfg: DitConfig,
+    patch_embed: PatchEmbed,
+    pos_embed: Tensor,
+    t_embed: TimestepEmbedder,
+    dt_embed: TimestepEmbedder,
+    label_embed: Embedding,
+    length_embed: Option<Embedding>,
+    blocks: Vec<DitBlock>,
+    final_layer: FinalLayer,
+    /// Active length l used by [`Dit::forward`].
+    length: usize,
+    /// Use primitive ops that candle can differentiate (training).
+    differentiable: bool,
+    dtype: DType,
+}
+
+impl Dit {
+    /// Builds the model from `src`, loading only the blocks needed up to `max_length` (`None`: the full depth).
+    /// The active length starts at `max_length` (or the depth).
+    pub fn load(
+        cfg: &DitConfig,
+        src: &dyn ParamSource,
+        device: &Device,
+        dtype: DType,
+        max_length: Option<usize>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let max_length = max_length.unwrap_or(cfg.depth);
+        cfg.check_length(max_length)?;
+        let l = Loader::new(src, device, dtype);
+        let h = cfg.hidden_size;
+        let resident = cfg.resident_blocks(max_length);
+        let blocks = (0..resident)
+            .map(|i| DitBlock::load(&l, i, h, cfg.mlp_hidden, cfg.num_heads))
+            .collect::<Result<Vec<_>>>()?;
+        let length_embed = if cfg.length_embedding {
+            Some(Embedding::load(&l, "BlockEmbedder_0", cfg.depth + 1, h)?)
+        } else {
+            None
+        };
+        Ok(Dit {
+            patch_embed: PatchEmbed::load(&l, cfg.patch_size, cfg.in_channels, h)?,
+            pos_embed: sincos_pos_embed(h, cfg.grid(), device)?,
+            t_embed: TimestepEmbedder::load(&l, "TimestepEmbedder_0", h)?,
+            dt_embed: TimestepEmbedder::load(&l, "TimestepEmbedder_1", h)?,
+            label_embed: Embedding::load(&l, "LabelEmbedder_0", cfg.num_classes + 1, h)?,
+            length_embed,
+            blocks,
+            final_layer: FinalLayer::load(&l, h, cfg.patch_dim())?,
+            length: max_length,
+            differentiable: false,
+            dtype,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &DitConfig {
+        &self.cfg
+    }
+
+    /// The active length l.
+    pub fn length(&self) -> usize {
+        self.length
+    }
+
+    /// Compute dtype of the blocks.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        self.pos_embed.device()
+    }
+
+    /// Number of blocks held in memory.
+    pub fn resident_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The longest length the resident blocks can serve.
+    pub fn max_length(&self) -> usize {
+        if !self.cfg.length_embedding {
+            return self.cfg.depth;
+        }
+        // Every length whose last effective block is resident; beyond the last group end, the extra blocks are dead.
+        (1..=self.cfg.depth)
+            .rev()
+            .find(|&l| self.cfg.resident_blocks(l) <= self.blocks.len())
+            .unwrap_or(0)
+    }
+
+    /// The same weights at another active length (no copy). Fails if `l` needs blocks that were not loaded.
+    pub fn with_length(&self, l: usize) -> Result<Self> {
+        self.cfg.check_length(l)?;
+        if self.cfg.resident_blocks(l) > self.blocks.len() {
+            return Err(Error::invalid(format!(
+                "length {l} needs {} blocks but only {} were loaded (load the model with a longer maximum length)",
+                self.cfg.resident_blocks(l),
+                self.blocks.len()
+            )));
+        }
+        let mut m = self.clone();
+        m.length = l;
+        Ok(m)
+    }
+
+    /// Switches between the fast inference kernels and differentiable primitive ops (training).
+    pub fn set_differentiable(&mut self, on: bool) {
+        self.differentiable = on;
+    }
+
+    /// Tokens `[B, T, H]` (patch embedding plus positions) and the conditioning `c = te(t) + ye(y) + dte(dt_base)`.
+    fn embed(&self, t: &Tensor, x: &Tensor, dt_base: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, hh, ww, ch) = x.dims4()?;
+        let s = self.cfg.input_size;
+        if hh != s || ww != s || ch != self.cfg.in_channels {
+            return Err(Error::invalid(format!(
+                "input has shape [{b}, {hh}, {ww}, {ch}] (NHWC) but the model takes [B, {s}, {s}, {}]",
+                self.cfg.in_channels
+            )));
+        }
+        for (name, v) in [("t", t), ("dt_base", dt_base), ("labels", y)] {
+            if v.dims() != [b] {
+                return Err(Error::invalid(format!(
+                    "{name} has shape {:?}; expected [{b}] (one per sample)",
+                    v.dims()
+                )));
+            }
+        }
+        let tok = self.patch_embed.forward(&x.to_dtype(self.dtype)?)?;
+        let tok = tok
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.pos_embed)?
+            .to_dtype(self.dtype)?;
+        let c = ((self.t_embed.forward(t)? + self.label_embed.forward(y)?)?
+            + self.dt_embed.forward(dt_base)?)?;
+        Ok((tok, c))
+    }
+
+    /// Velocity at the active length l (the inference path). `t`: `[B]` f32 in \[0, 1\] (0 = noise, 1 = data);
+    /// `x`: NHWC `[B, S, S, C]`; `dt_base`: `[B]` step code log2(T) (as float); `y`: `[B]` class ids
+    /// (`num_classes` = null). Returns NHWC velocity, same shape as `x`, in f32.
+    pub fn forward(&self, t: &Tensor, x: &Tensor, dt_base: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let (tok, c) = self.embed(t, x, dt_base, y)?;
+        let b = tok.dim(0)?;
+        let h = if let Some(le) = &self.length_embed {
+            let ids = Tensor::full(self.length as u32, b, tok.device())?;
+            let cb = (&c + le.forward(&ids)?)?;
+            self.length_ode(&tok, &cb, None)?
+        } else {
+            let mut h = tok;
+            for blk in &self.blocks {
+                h = blk.forward(&h, &c, self.differentiable)?;
+            }
+            Some(h)
+        };
+        self.head(h, &c, b)
+    }
+
+    /// The training path (spec §1.6, `blocks` given): every sample has its own active length `blocks[i]`; all blocks
+    /// up to the longest one run and shorter samples are masked out at their group ends. Sample i equals the
+    /// inference output at length `blocks[i]`.
+    pub fn forward_lengths(
+        &self,
+        t: &Tensor,
+        x: &Tensor,
+        dt_base: &Tensor,
+        y: &Tensor,
+        lengths: &[usize],
+    ) -> Result<Tensor> {
+        let Some(le) = &self.length_embed else {
+            return Err(Error::invalid(
+                "per-sample lengths need a model with a length embedding",
+            ));
+        };
+        let (tok, c) = self.embed(t, x, dt_base, y)?;
+        let b = tok.dim(0)?;
+        if lengths.len() != b {
+            return Err(Error::invalid(format!(
+                "{} lengths for a batch of {b}",
+                lengths.len()
+            )));
+        }
+        for &l in lengths {
+            self.cfg.check_length(l)?;
+            if self.cfg.resident_blocks(l) > self.blocks.len() {
+                return Err(Error::invalid(format!(
+                    "length {l} needs blocks that were not loaded"
+                )));
+            }
+        }
+        let ids: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
+        let ids = Tensor::from_vec(ids, b, tok.device())?;
+        let cb = (&c + le.forward(&ids)?)?;
+        let h = self.length_ode(&tok, &cb, Some(lengths))?;
+        self.head(h, &c, b)
+    }
+
+    /// The ODE_l loop. Without per-sample lengths every sample runs at `self.length`.
+    fn length_ode(&self, tok: &Tensor, cb: &Tensor, lengths: Option<&[usize]>) -> Result<Option<Tensor>> {
+        let g = self.cfg.depth_group;
+        let longest = lengths.map_or(self.length, |ls| ls.iter().copied().max().unwrap_or(0));
+        let Some(last) = self.cfg.last_effective_block(longest) else {
+            return Ok(None);
+        };
+        let b = tok.dim(0)?;
+        let mut xr = tok.clone();
+        let mut vr: Option<Tensor> = None;
+        for i in 0..=last {
+            let vb = self.blocks[i].forward(&xr, cb, self.differentiable)?;
+            if i % g == g - 1 {
+                let step = match lengths {
+                    None => vb,
+                    Some(ls) => {
+                        let mask: Vec<f32> = ls.iter().map(|&l| f32::from(u8::from(i < l))).collect();
+                        let mask = Tensor::from_vec(mask, (b, 1, 1), tok.device())?.to_dtype(vb.dtype())?;
+                        vb.broadcast_mul(&mask)?
+                    }
+                };
+                xr = (&xr + &step)?;
+                vr = Some(match vr {
+                    None => step,
+                    Some(v) => (v + step)?,
+                });
+            } else {
+                xr = vb;
+            }
+        }
+        Ok(vr)
+    }
+
+    fn head(&self, h: Option<Tensor>, c: &Tensor, b: usize) -> Result<Tensor> {
+        let h = match h {
+            Some(h) => h,
+            None => Tensor::zeros(
+                (b, self.cfg.num_tokens(), self.cfg.hidden_size),
+                self.dtype,
+                c.device(),
+            )?,
+        };
+        let out = self.final_layer.forward(&h, c, self.differentiable)?;
+        Ok(unpatchify(&out, self.cfg.patch_size, self.cfg.in_channels)?.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,1 @@
+//! ODE_t solvers.
