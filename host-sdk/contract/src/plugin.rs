@@ -1,0 +1,533 @@
+//! Helpers for plugin authors: a node registry, typed input access, panic catching, and the
+//! glue that turns a registry into the exported root module ([`crate::export_plugin!`]).
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    std_types::{RArc, RResult, RSlice, RStr, RString, RVec},
+};
+use serde_json::{Map, Value as Json};
+
+use crate::context::ExecContext;
+use crate::descriptor::NodeInfo;
+use crate::error::{NodeError, ValidationIssue};
+use crate::root_module::{NodeOutput, PluginInfo, PluginMod, PluginMod_Ref, CONTRACT_VERSION};
+use crate::value::{Handle, NamedValue, TensorBuf, Value};
+
+/// Runs `f`, turning a panic into `Err(NodeError)` of kind `Panicked` with the panic message.
+pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, NodeError>) -> Result<T, NodeError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_string()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "unknown panic payload".to_string()
+            };
+            Err(NodeError::panicked(format!("node panicked: {msg}")))
+        }
+    }
+}
+
+/// Typed, by-name access to a node's inputs with errors that name the input.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    values: &'a [NamedValue],
+}
+
+impl<'a> Inputs<'a> {
+    /// Wraps the slice the host passed.
+    pub fn new(values: &'a [NamedValue]) -> Self {
+        Inputs { values }
+    }
+
+    /// All inputs, in the order the host passed them.
+    pub fn all(&self) -> &'a [NamedValue] {
+        self.values
+    }
+
+    /// The value of `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&'a Value> {
+        self.values
+            .iter()
+            .find(|nv| nv.name.as_str() == name)
+            .map(|nv| &nv.value)
+    }
+
+    fn req(&self, name: &str) -> Result<&'a Value, NodeError> {
+        self.get(name)
+            .ok_or_else(|| NodeError::invalid_input(name, "missing"))
+    }
+
+    fn wrong(name: &str, want: &str, got: &Value) -> NodeError {
+        NodeError::invalid_input(name, format!("expected {want}, got {}", got.kind_name()))
+    }
+
+    /// An INT input.
+    pub fn int(&self, name: &str) -> Result<i64, NodeError> {
+        match self.req(name)? {
+            Value::Int(i) => Ok(*i),
+            other => Err(Self::wrong(name, "INT", other)),
+        }
+    }
+
+    /// An INT input read as u64 (bit-cast): for seeds declared with `max` up to `u64::MAX`.
+    pub fn u64(&self, name: &str) -> Result<u64, NodeError> {
+        self.int(name).map(|i| i as u64)
+    }
+
+    /// A FLOAT input (an INT is converted).
+    pub fn float(&self, name: &str) -> Result<f64, NodeError> {
+        match self.req(name)? {
+            Value::Float(f) => Ok(*f),
+            Value::Int(i) => Ok(*i as f64),
+            other => Err(Self::wrong(name, "FLOAT", other)),
+        }
+    }
+
+    /// A STRING (or combo) input.
+    pub fn string(&self, name: &str) -> Result<&'a str, NodeError> {
+        match self.req(name)? {
+            Value::Str(s) => Ok(s.as_str()),
+            other => Err(Self::wrong(name, "STRING", other)),
+        }
+    }
+
+    /// A BOOLEAN input.
+    pub fn bool(&self, name: &str) -> Result<bool, NodeError> {
+        match self.req(name)? {
+            Value::Bool(b) => Ok(*b),
+            other => Err(Self::wrong(name, "BOOLEAN", other)),
+        }
+    }
+
+    /// A tensor input, borrowed.
+    pub fn tensor(&self, name: &str) -> Result<&'a TensorBuf, NodeError> {
+        match self.req(name)? {
+            Value::Tensor(t) => Ok(t),
+            other => Err(Self::wrong(name, "a tensor", other)),
+        }
+    }
+
+    /// A tensor input as a shared pointer, to pass it on unchanged without copying.
+    pub fn tensor_arc(&self, name: &str) -> Result<RArc<TensorBuf>, NodeError> {
+        match self.req(name)? {
+            Value::Tensor(t) => Ok(t.clone()),
+            other => Err(Self::wrong(name, "a tensor", other)),
+        }
+    }
+
+    /// A handle input, as the handle itself (clone it to keep it).
+    pub fn handle(&self, name: &str) -> Result<&'a Handle, NodeError> {
+        match self.req(name)? {
+            Value::Handle(h) => Ok(h),
+            other => Err(Self::wrong(name, "a handle", other)),
+        }
+    }
+
+    /// A handle input downcast to the plugin's own type `T`.
+    pub fn handle_as<T: Send + Sync + 'static>(&self, name: &str) -> Result<&'a T, NodeError> {
+        let h = self.handle(name)?;
+        h.downcast_ref::<T>().ok_or_else(|| {
+            NodeError::invalid_input(
+                name,
+                format!(
+                    "handle of type {} holds {}, not {}",
+                    h.type_name(),
+                    h.describe(),
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
+    }
+
+    /// A JSON input (`*` inputs and `{"__value__": ...}` literals), parsed.
+    pub fn json(&self, name: &str) -> Result<Json, NodeError> {
+        match self.req(name)? {
+            Value::Json(s) => serde_json::from_str(s.as_str())
+                .map_err(|e| NodeError::invalid_input(name, format!("bad JSON: {e}"))),
+            other => Ok(other.to_json()),
+        }
+    }
+
+    /// An optional INT input.
+    pub fn opt_int(&self, name: &str) -> Result<Option<i64>, NodeError> {
+        self.opt(name, Self::int)
+    }
+    /// An optional FLOAT input.
+    pub fn opt_float(&self, name: &str) -> Result<Option<f64>, NodeError> {
+        self.opt(name, Self::float)
+    }
+    /// An optional STRING input.
+    pub fn opt_string(&self, name: &str) -> Result<Option<&'a str>, NodeError> {
+        self.opt(name, Self::string)
+    }
+    /// An optional BOOLEAN input.
+    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>, NodeError> {
+        self.opt(name, Self::bool)
+    }
+    /// An optional tensor input.
+    pub fn opt_tensor(&self, name: &str) -> Result<Option<&'a TensorBuf>, NodeError> {
+        self.opt(name, Self::tensor)
+    }
+
+    fn opt<T>(
+        &self,
+        name: &str,
+        f: impl Fn(&Self, &str) -> Result<T, NodeError>,
+    ) -> Result<Option<T>, NodeError> {
+        if self.get(name).is_some() {
+            f(self, name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The function that runs a node.
+pub type RunFn =
+    dyn Fn(&Inputs<'_>, &ExecContext<'_>) -> Result<NodeOutput, NodeError> + Send + Sync;
+/// A node's own validation of its literal inputs (linked inputs are absent from the map).
+pub type ValidateFn = dyn Fn(&Map<String, Json>) -> Vec<ValidationIssue> + Send + Sync;
+/// Called for `POST /free`; the flag is `unload_models`.
+pub type FreeFn = dyn Fn(bool) + Send + Sync;
+
+struct Entry {
+    info: NodeInfo,
+    run: Box<RunFn>,
+    validate: Option<Box<ValidateFn>>,
+}
+
+/// The set of nodes a plugin provides. Build one in a function and hand that function to
+/// [`crate::export_plugin!`]; it can also be used directly in unit tests
+/// ([`NodeRegistry::execute`]).
+pub struct NodeRegistry {
+    name: String,
+    version: String,
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+    free: Option<Box<FreeFn>>,
+}
+
+impl NodeRegistry {
+    /// An empty registry for plugin `name`, version `version`.
+    pub fn new(name: &str, version: &str) -> Self {
+        NodeRegistry {
+            name: name.to_string(),
+            version: version.to_string(),
+            entries: Vec::new(),
+            index: HashMap::new(),
+            free: None,
+        }
+    }
+
+    /// Adds a node.
+    ///
+    /// # Panics
+    /// If a node with the same name was already added or the descriptor is inconsistent
+    /// (the panic is reported as a load error by the host).
+    pub fn node<F>(&mut self, info: NodeInfo, run: F) -> &mut Self
+    where
+        F: Fn(&Inputs<'_>, &ExecContext<'_>) -> Result<NodeOutput, NodeError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.push(info, Box::new(run), None)
+    }
+
+    /// Adds a node with its own input validation, called by the host before anything runs
+    /// with the literal inputs; each returned issue becomes a `custom_validation_failed`
+    /// error for that input.
+    pub fn node_with_validation<F, V>(&mut self, info: NodeInfo, run: F, validate: V) -> &mut Self
+    where
+        F: Fn(&Inputs<'_>, &ExecContext<'_>) -> Result<NodeOutput, NodeError>
+            + Send
+            + Sync
+            + 'static,
+        V: Fn(&Map<String, Json>) -> Vec<ValidationIssue> + Send + Sync + 'static,
+    {
+        self.push(info, Box::new(run), Some(Box::new(validate)))
+    }
+
+    fn push(
+        &mut self,
+        mut info: NodeInfo,
+        run: Box<RunFn>,
+        validate: Option<Box<ValidateFn>>,
+    ) -> &mut Self {
+        if let Err(e) = info.check() {
+            panic!("plugin {}: {e}", self.name);
+        }
+        if self.index.contains_key(&info.name) {
+            panic!(
+                "plugin {}: node '{}' registered twice",
+                self.name, info.name
+            );
+        }
+        info.odelt.validates_inputs = validate.is_some();
+        self.index.insert(info.name.clone(), self.entries.len());
+        self.entries.push(Entry {
+            info,
+            run,
+            validate,
+        });
+        self
+    }
+
+    /// Sets what `POST /free` does (drop cached models, ...).
+    pub fn on_free(&mut self, f: impl Fn(bool) + Send + Sync + 'static) -> &mut Self {
+        self.free = Some(Box::new(f));
+        self
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The descriptors of all nodes, in registration order.
+    pub fn infos(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.entries.iter().map(|e| &e.info)
+    }
+
+    /// The `/object_info` JSON object for this plugin.
+    pub fn object_info(&self) -> Json {
+        let mut m = Map::new();
+        for e in &self.entries {
+            m.insert(
+                e.info.name.clone(),
+                serde_json::to_value(&e.info).unwrap_or(Json::Null),
+            );
+        }
+        Json::Object(m)
+    }
+
+    /// Runs node `class_type` (panics are caught).
+    pub fn execute(
+        &self,
+        class_type: &str,
+        inputs: &[NamedValue],
+        ctx: &ExecContext<'_>,
+    ) -> Result<NodeOutput, NodeError> {
+        let e = self.entry(class_type)?;
+        catch_panic(|| (e.run)(&Inputs::new(inputs), ctx))
+    }
+
+    /// Runs node `class_type`'s own validation (panics are caught).
+    pub fn validate(
+        &self,
+        class_type: &str,
+        literal_inputs: &Map<String, Json>,
+    ) -> Result<Vec<ValidationIssue>, NodeError> {
+        let e = self.entry(class_type)?;
+        match &e.validate {
+            None => Ok(Vec::new()),
+            Some(v) => catch_panic(|| Ok(v(literal_inputs))),
+        }
+    }
+
+    fn entry(&self, class_type: &str) -> Result<&Entry, NodeError> {
+        self.index
+            .get(class_type)
+            .map(|&i| &self.entries[i])
+            .ok_or_else(|| {
+                NodeError::failed(format!("plugin {} has no node '{class_type}'", self.name))
+            })
+    }
+}
+
+// ---- the root module built from a registry -------------------------------------------------
+
+static BUILDER: OnceLock<fn() -> NodeRegistry> = OnceLock::new();
+static REGISTRY: OnceLock<Result<NodeRegistry, NodeError>> = OnceLock::new();
+
+fn registry() -> Result<&'static NodeRegistry, NodeError> {
+    REGISTRY
+        .get_or_init(|| {
+            let build = BUILDER
+                .get()
+                .ok_or_else(|| NodeError::failed("plugin root module not initialised"))?;
+            catch_panic(|| Ok(build()))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn to_rresult<T>(r: Result<T, NodeError>) -> RResult<T, NodeError> {
+    match r {
+        Ok(v) => RResult::ROk(v),
+        Err(e) => RResult::RErr(e),
+    }
+}
+
+extern "C" fn ffi_plugin_info() -> PluginInfo {
+    let (name, version) = match catch_panic(registry) {
+        Ok(r) => (r.name.clone(), r.version.clone()),
+        Err(_) => ("<plugin failed to initialise>".to_string(), String::new()),
+    };
+    PluginInfo {
+        name: RString::from(name),
+        version: RString::from(version),
+        contract_version: RString::from(CONTRACT_VERSION),
+    }
+}
+
+extern "C" fn ffi_node_descriptors() -> RResult<RString, NodeError> {
+    to_rresult(catch_panic(|| {
+        let r = registry()?;
+        serde_json::to_string(&r.object_info())
+            .map(RString::from)
+            .map_err(|e| NodeError::failed(format!("serializing descriptors: {e}")))
+    }))
+}
+
+extern "C" fn ffi_validate(
+    class_type: RStr<'_>,
+    literal_inputs_json: RStr<'_>,
+) -> RResult<RVec<ValidationIssue>, NodeError> {
+    to_rresult(catch_panic(|| {
+        let r = registry()?;
+        let inputs: Map<String, Json> = serde_json::from_str(literal_inputs_json.as_str())
+            .map_err(|e| NodeError::failed(format!("literal inputs are not a JSON object: {e}")))?;
+        r.validate(class_type.as_str(), &inputs).map(RVec::from)
+    }))
+}
+
+extern "C" fn ffi_execute(
+    class_type: RStr<'_>,
+    inputs: RSlice<'_, NamedValue>,
+    ctx: &ExecContext<'_>,
+) -> RResult<NodeOutput, NodeError> {
+    to_rresult(catch_panic(|| {
+        registry()?.execute(class_type.as_str(), inputs.as_slice(), ctx)
+    }))
+}
+
+extern "C" fn ffi_free_memory(unload_models: bool) -> RResult<(), NodeError> {
+    to_rresult(catch_panic(|| {
+        if let Some(f) = &registry()?.free {
+            f(unload_models);
+        }
+        Ok(())
+    }))
+}
+
+/// Builds the root module for a plugin whose nodes come from `build` (called once, lazily,
+/// on first use; a panic in it is reported as an error by every entry point). Use
+/// [`crate::export_plugin!`] rather than calling this directly.
+///
+/// One registry per library: the registry lives in a static of this crate's copy inside
+/// the plugin library.
+pub fn root_module(build: fn() -> NodeRegistry) -> PluginMod_Ref {
+    let _ = BUILDER.set(build);
+    PluginMod {
+        plugin_info: ffi_plugin_info,
+        node_descriptors: ffi_node_descriptors,
+        validate: ffi_validate,
+        execute: ffi_execute,
+        free_memory: ffi_free_memory,
+    }
+    .leak_into_prefix()
+}
+
+/// Exports a plugin root module built from a `fn() -> NodeRegistry`.
+///
+/// The plugin crate must be a `cdylib` and depend on `abi_stable` directly (the export
+/// attribute refers to `::abi_stable`).
+///
+/// ```ignore
+/// fn nodes() -> odelt_contract::NodeRegistry { /* ... */ }
+/// odelt_contract::export_plugin!(nodes);
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    ($build:path) => {
+        #[::abi_stable::export_root_module]
+        pub fn odelt_plugin_root_module() -> $crate::PluginMod_Ref {
+            $crate::plugin::root_module($build)
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::InputSpec;
+
+    fn reg() -> NodeRegistry {
+        let mut r = NodeRegistry::new("t", "0");
+        r.node(
+            NodeInfo::new("Add")
+                .required("a", InputSpec::int())
+                .required("b", InputSpec::int())
+                .output("INT", "sum"),
+            |i, _| Ok(NodeOutput::new().with(i.int("a")? + i.int("b")?)),
+        );
+        r.node_with_validation(
+            NodeInfo::new("Boom").output("INT", "x"),
+            |_, _| panic!("kaboom"),
+            |m| {
+                if m.contains_key("bad") {
+                    vec![ValidationIssue::new("bad", "no")]
+                } else {
+                    vec![]
+                }
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn executes_and_catches_panics() {
+        let r = reg();
+        let ctx = ExecContext::detached();
+        let out = r
+            .execute(
+                "Add",
+                &[NamedValue::new("a", 2i64), NamedValue::new("b", 3i64)],
+                &ctx,
+            )
+            .unwrap();
+        assert!(matches!(out.values[0], Value::Int(5)));
+        let err = r
+            .execute("Add", &[NamedValue::new("a", 2i64)], &ctx)
+            .unwrap_err();
+        assert!(err.message.contains("'b'"), "{err}");
+        let err = r.execute("Boom", &[], &ctx).unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::Panicked);
+        assert!(err.message.contains("kaboom"));
+        assert!(r.execute("Nope", &[], &ctx).is_err());
+    }
+
+    #[test]
+    fn validation_and_flags() {
+        let r = reg();
+        let mut m = Map::new();
+        assert!(r.validate("Boom", &m).unwrap().is_empty());
+        m.insert("bad".into(), Json::Bool(true));
+        assert_eq!(r.validate("Boom", &m).unwrap().len(), 1);
+        let info = r.object_info();
+        assert_eq!(info["Boom"]["odelt"]["validates_inputs"], Json::Bool(true));
+        assert!(info["Add"].get("odelt").is_none());
+    }
+
+    #[test]
+    fn typed_input_errors_name_the_input() {
+        let vals = [NamedValue::new("s", "x"), NamedValue::new("i", 4i64)];
+        let i = Inputs::new(&vals);
+        assert_eq!(i.float("i").unwrap(), 4.0);
+        let e = i.int("s").unwrap_err();
+        assert!(
+            e.message.contains("'s'") && e.message.contains("INT"),
+            "{e}"
+        );
+        assert_eq!(i.opt_int("missing").unwrap(), None);
+        assert!(i.handle_as::<u8>("i").is_err());
+    }
+}
