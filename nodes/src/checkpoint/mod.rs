@@ -74,6 +74,29 @@ impl ShapeSource for SafetensorsCheckpoint {
     }
 }
 
+/// The parameters of an official pickle, read into memory as f32 (a pickle cannot be read lazily; convert it to
+/// the safetensors format for memory that follows the active length).
+pub struct PickleParams(pub official::FlatParams);
+
+impl ParamSource for PickleParams {
+    fn get(&self, name: &str) -> Result<Option<candle_core::Tensor>> {
+        let Some(a) = self.0.get(name) else {
+            return Ok(None);
+        };
+        Ok(Some(candle_core::Tensor::from_slice(
+            &a.data,
+            a.shape.as_slice(),
+            &candle_core::Device::Cpu,
+        )?))
+    }
+}
+
+impl ShapeSource for PickleParams {
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.0.get(name).map(|a| a.shape.clone())
+    }
+}
+
 /// Sniffs the format from the first bytes: pickles start with the PROTO opcode `0x80`, safetensors with an 8-byte
 /// little-endian header length followed by `{`.
 pub fn detect_format(path: &Path) -> Result<Format> {
@@ -112,9 +135,19 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Checkpoint> {
                 source: Box::new(st),
             })
         }
-        Format::OfficialPickle => Err(Error::Checkpoint {
-            path: path.to_path_buf(),
-            message: "PICKLE_PENDING".into(),
-        }),
+        Format::OfficialPickle => {
+            let params =
+                official::load_official_pkl(path, opts.weights).map_err(|e| Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            let params = PickleParams(params);
+            let config = resolve_config(&params, None, &opts.overrides)?;
+            Ok(Checkpoint {
+                config,
+                format: Format::OfficialPickle,
+                source: Box::new(params),
+            })
+        }
     }
 }
