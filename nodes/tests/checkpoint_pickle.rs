@@ -91,3 +91,24 @@ fn pickle_without_overrides_names_what_is_missing() {
     let err = checkpoint::open(&data_dir().join("tiny.pkl"), &LoadOptions::default()).unwrap_err();
     assert!(err.to_string().contains("num_heads"), "{err}");
 }
+
+#[test]
+fn convert_pickle_to_safetensors_keeps_outputs() {
+    let g = Golden::open();
+    let dir = std::env::temp_dir().join(format!("odelt-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dst = dir.join("tiny.safetensors");
+    let opts = LoadOptions {
+        overrides: tiny_overrides(),
+        ..Default::default()
+    };
+    let cfg =
+        checkpoint::convert_to_safetensors(&data_dir().join("tiny.pkl"), &dst, &opts).unwrap();
+    assert_eq!(cfg, DitConfig::golden_tiny());
+    // The converted file needs no overrides: the configuration travels in its metadata.
+    let ck = checkpoint::open(&dst, &LoadOptions::default()).unwrap();
+    assert_eq!(ck.config, cfg);
+    let m = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, Some(2)).unwrap();
+    let err = rel_l2(&v(&m, &g, 0.25, 2.0), &g.get("out/v_l2_t0.25_d2"));
+    assert!(err < 1e-4, "{err}");
+}

@@ -151,3 +151,42 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Checkpoint> {
         }
     }
 }
+
+/// Converts a checkpoint (typically an official `.pkl`) into the project's safetensors format, storing the resolved
+/// configuration in its metadata. Every parameter the model uses is written in f32 with its Flax name and layout
+/// (the unused logvars table `Embed_0` is dropped). Returns the configuration written.
+pub fn convert_to_safetensors(src: &Path, dst: &Path, opts: &LoadOptions) -> Result<DitConfig> {
+    let ck = open(src, opts)?;
+    let cfg = ck.config.clone();
+    let mut tensors = Vec::new();
+    for spec in crate::params::param_specs(&cfg, cfg.depth) {
+        let t = ck
+            .source
+            .get(&spec.name)?
+            .ok_or_else(|| Error::MissingParam {
+                name: spec.name.clone(),
+            })?;
+        if t.dims() != spec.shape.as_slice() {
+            return Err(Error::ParamShape {
+                name: spec.name.clone(),
+                found: t.dims().to_vec(),
+                expected: spec.shape.clone(),
+            });
+        }
+        tensors.push((spec.name, t.to_dtype(candle_core::DType::F32)?));
+    }
+    let source = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    safetensors_format::save(
+        dst,
+        &cfg,
+        &tensors,
+        &[
+            ("odelt.converted_from", source),
+            ("odelt.weights", format!("{:?}", opts.weights)),
+        ],
+    )?;
+    Ok(cfg)
+}
