@@ -1,0 +1,97 @@
+//! Command-line front end over `odelt_host`.
+
+mod nodes;
+mod progress;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use odelt_host::{PluginSearch, PluginSet};
+
+/// Exit status: generic failure (bad arguments, unreadable or malformed workflow, plugins).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: the workflow failed validation (node_errors JSON follows on stderr).
+pub const EXIT_INVALID: u8 = 3;
+/// Exit status: a node failed while running.
+pub const EXIT_NODE_ERROR: u8 = 4;
+/// Exit status: interrupted (Ctrl-C).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Run ComfyUI API-format workflows with odelt node plugins.
+#[derive(Debug, Parser)]
+#[command(
+    name = "odelt",
+    version,
+    about,
+    after_help = "Examples:\n  odelt run examples/workflows/sample.json --output-dir out\n  odelt run wf.json --set 3.seed=42 --set 3.steps=8\n  odelt nodes --plugins target/release/libodelt_plugin.so\n\nPlugins are searched in the directory of the odelt executable, then in ODELT_PLUGIN_PATH\n(colon-separated files or directories), unless --plugins is given.\nExit codes: 0 ok, 1 usage/IO/plugin error, 3 validation failed, 4 node error, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workflow (API-format JSON, or a POST /prompt body with extra_data).
+    #[command(
+        after_help = "Examples:\n  odelt run wf.json\n  odelt run wf.json --models-dir ~/models --output-dir out --set 3.seed=7 --set '6.text=\"a cat\"'\n  odelt run wf.json --plugins ./plugins --plugins extra/libmy_nodes.so --device cuda:0\n\nVALUE in --set is parsed as JSON when it can be (numbers, true/false, \"quoted\"), otherwise\ntaken as a string. The run prints {prompt_id, outputs} JSON on stdout; progress goes to stderr.\nCtrl-C cancels the running node at its next progress step (twice: exit at once)."
+    )]
+    Run(run::RunArgs),
+    /// Print the /object_info JSON of every loaded node.
+    #[command(
+        after_help = "Examples:\n  odelt nodes\n  odelt nodes --plugins target/release/libodelt_test_plugin.so | jq 'keys'"
+    )]
+    Nodes(nodes::NodesArgs),
+}
+
+/// Where plugins come from (shared by subcommands).
+#[derive(Debug, Args)]
+pub struct PluginArgs {
+    /// Plugin library or directory of plugins (repeatable). Replaces the default search.
+    #[arg(long = "plugins", value_name = "PATH")]
+    plugins: Vec<PathBuf>,
+}
+
+impl PluginArgs {
+    /// Loads the plugins, printing directory-scan warnings to stderr.
+    pub fn load(&self) -> Result<Arc<PluginSet>, String> {
+        let search = PluginSearch::from_env(self.plugins.clone());
+        let set = search.load().map_err(|e| e.to_string())?;
+        for w in set.warnings() {
+            eprintln!("warning: {w}");
+        }
+        if set.plugins().is_empty() {
+            let looked: Vec<String> = search
+                .paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(format!(
+                "no plugins found (looked in: {})",
+                looked.join(", ")
+            ));
+        }
+        Ok(Arc::new(set))
+    }
+}
+
+/// Prints a one-line reason first, then optional details, and returns the exit code.
+pub fn fail(code: u8, reason: &str, details: Option<&str>) -> ExitCode {
+    let first = reason.lines().next().unwrap_or("failed");
+    eprintln!("error: {first}");
+    if let Some(d) = details {
+        eprintln!("{d}");
+    }
+    ExitCode::from(code)
+}
+
+/// Dispatches a parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Nodes(a) => nodes::nodes(a),
+    }
+}

@@ -1,0 +1,38 @@
+//! `odelt nodes`: print /object_info.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{fail, PluginArgs, EXIT_FAILURE};
+
+/// Arguments of `odelt nodes`.
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    plugins: PluginArgs,
+    /// Print compact JSON instead of pretty.
+    #[arg(long)]
+    compact: bool,
+}
+
+/// Runs `odelt nodes`.
+pub fn nodes(a: NodesArgs) -> ExitCode {
+    let plugins = match a.plugins.load() {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_FAILURE, &e, None),
+    };
+    let info = plugins.object_info();
+    let text = if a.compact {
+        serde_json::to_string(&info)
+    } else {
+        serde_json::to_string_pretty(&info)
+    };
+    match text {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_FAILURE, &format!("serializing node info: {e}"), None),
+    }
+}

@@ -1,0 +1,863 @@
+//! Validation of a prompt against the loaded node descriptors, before anything runs.
+//!
+//! Errors use ComfyUI's shapes (`POST /prompt` 400 body): a top-level `error` object and
+//! `node_errors: {id: {errors: [{type, message, details, extra_info}], dependent_outputs,
+//! class_type}}`. Everything here is iterative, so long chains cannot overflow the stack.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use abi_stable::std_types::RString;
+use odelt_contract::{types, InputSpec, InputType, NodeInfo, Value};
+use serde_json::{json, Map, Value as Json};
+
+use crate::loader::PluginSet;
+use crate::prompt::{json_kind, InputValue, Prompt};
+
+/// A prompt refused by validation: ComfyUI's `{"error": ..., "node_errors": ...}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidationFailure {
+    /// The top-level error `{type, message, details, extra_info}`.
+    pub error: Json,
+    /// Per-node errors, keyed by node id.
+    pub node_errors: Map<String, Json>,
+}
+
+impl ValidationFailure {
+    fn top(ty: &str, message: impl Into<String>, details: impl Into<String>, extra: Json) -> Self {
+        ValidationFailure {
+            error: json!({"type": ty, "message": message.into(), "details": details.into(), "extra_info": extra}),
+            node_errors: Map::new(),
+        }
+    }
+
+    /// The top-level error type (`missing_node_type`, `prompt_no_outputs`,
+    /// `prompt_outputs_failed_validation`, `invalid_prompt`).
+    pub fn error_type(&self) -> &str {
+        self.error["type"].as_str().unwrap_or("")
+    }
+
+    /// A one-line summary: the top-level message and the first node error.
+    pub fn summary(&self) -> String {
+        let mut s = self.error["message"]
+            .as_str()
+            .unwrap_or("invalid prompt")
+            .to_string();
+        let details = self.error["details"].as_str().unwrap_or("");
+        if !details.is_empty() {
+            s.push_str(": ");
+            s.push_str(details);
+        }
+        s
+    }
+
+    /// The error types reported for node `id`.
+    pub fn node_error_types(&self, id: &str) -> Vec<String> {
+        self.node_errors
+            .get(id)
+            .and_then(|n| n["errors"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["type"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The ComfyUI 400 body `{"error": ..., "node_errors": ...}`.
+    pub fn to_json(&self) -> Json {
+        json!({"error": self.error, "node_errors": self.node_errors})
+    }
+}
+
+/// How an input of a planned node gets its value.
+#[derive(Clone, Debug)]
+pub enum PlanInput {
+    /// A checked, converted literal, and its canonical JSON (for cache keys and `validate`).
+    Literal(Value, Json),
+    /// An output of another planned node.
+    Link {
+        /// Index of the source in [`Plan::nodes`].
+        node: usize,
+        /// Output slot.
+        output: usize,
+        /// Convert an INT value to FLOAT (the input is declared FLOAT).
+        to_float: bool,
+    },
+}
+
+/// A validated node, ready to run.
+#[derive(Clone, Debug)]
+pub struct PlanNode {
+    /// Node id in the prompt.
+    pub id: String,
+    /// Class type.
+    pub class_type: String,
+    /// `_meta.title`.
+    pub title: Option<String>,
+    /// Index of the plugin in the [`PluginSet`].
+    pub plugin: usize,
+    /// The descriptor.
+    pub info: Arc<NodeInfo>,
+    /// Given inputs, in descriptor order.
+    pub inputs: Vec<(String, PlanInput)>,
+}
+
+/// A validated prompt: the nodes the chosen outputs need, dependencies first.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Needed nodes in a topological order (every link points to an earlier node).
+    pub nodes: Vec<PlanNode>,
+    /// Indices (into `nodes`) of the output nodes to produce.
+    pub outputs: Vec<usize>,
+    /// Errors of outputs that were dropped (only with `partial`; otherwise any error fails).
+    pub node_errors: Map<String, Json>,
+}
+
+/// Options of [`validate`].
+#[derive(Clone, Debug, Default)]
+pub struct ValidateOptions {
+    /// Only these output nodes (ComfyUI's `partial_execution_targets`).
+    pub targets: Option<Vec<String>>,
+    /// ComfyUI behaviour: drop outputs that fail validation and run the others. When false,
+    /// any node error refuses the whole prompt.
+    pub partial: bool,
+}
+
+fn err(ty: &str, message: impl Into<String>, details: impl Into<String>, extra: Json) -> Json {
+    json!({"type": ty, "message": message.into(), "details": details.into(), "extra_info": extra})
+}
+
+fn spec_json(spec: &InputSpec) -> Json {
+    serde_json::to_value(spec).unwrap_or(Json::Null)
+}
+
+/// Whether an output of type `out` may feed an input of type `input`: equal, overlapping
+/// comma-separated unions, or `*` on either side. Combo inputs accept COMBO and STRING.
+pub fn types_match(out: &str, input: &str) -> bool {
+    let split = |s: &str| -> Vec<String> { s.split(',').map(|t| t.trim().to_string()).collect() };
+    let (o, i) = (split(out), split(input));
+    if o.iter().any(|t| t == types::ANY) || i.iter().any(|t| t == types::ANY) {
+        return true;
+    }
+    o.iter().any(|t| i.contains(t))
+}
+
+fn link_type_ok(out: &str, spec: &InputSpec) -> bool {
+    match &spec.ty {
+        InputType::Combo(_) => types_match(out, "COMBO,STRING"),
+        InputType::Named(n) => types_match(out, n),
+    }
+}
+
+enum Local {
+    Literal(Value, Json),
+    Link {
+        src: usize,
+        output: usize,
+        to_float: bool,
+    },
+}
+
+struct Checked {
+    errors: Vec<Json>,
+    inputs: Vec<(String, Local)>,
+}
+
+/// Validates `prompt` against `plugins`; on success returns the execution plan.
+pub fn validate(
+    prompt: &Prompt,
+    plugins: &PluginSet,
+    opts: &ValidateOptions,
+) -> Result<Plan, ValidationFailure> {
+    let nodes = prompt.nodes();
+    // 1. Every class must exist.
+    let mut entries = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        match plugins.node(&n.class_type) {
+            Some(e) => entries.push(e.clone()),
+            None => {
+                return Err(ValidationFailure::top(
+                    "missing_node_type",
+                    format!(
+                        "Node '{}' not found. The custom node may not be installed.",
+                        n.class_type
+                    ),
+                    format!("Node ID '#{}'", n.id),
+                    json!({"node_id": n.id, "class_type": n.class_type, "node_title": n.title.clone().unwrap_or_else(|| n.class_type.clone())}),
+                ))
+            }
+        }
+    }
+    // 2. Outputs.
+    let outputs: Vec<usize> = (0..nodes.len())
+        .filter(|&i| entries[i].info.output_node)
+        .filter(|&i| {
+            opts.targets
+                .as_ref()
+                .is_none_or(|t| t.contains(&nodes[i].id))
+        })
+        .collect();
+    if outputs.is_empty() {
+        return Err(ValidationFailure::top(
+            "prompt_no_outputs",
+            "Prompt has no outputs",
+            "",
+            json!({}),
+        ));
+    }
+    // 3. Link edges (declared inputs whose source exists) and reachability from outputs.
+    let deps: Vec<Vec<usize>> = (0..nodes.len())
+        .map(|i| {
+            declared(&entries[i].info)
+                .filter_map(|(name, _, _)| match nodes[i].input(name) {
+                    Some(InputValue::Link { node, .. }) => prompt.position(node),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut reachable = vec![false; nodes.len()];
+    let mut stack: Vec<usize> = outputs.clone();
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut reachable[i], true) {
+            stack.extend(deps[i].iter().copied().filter(|&d| !reachable[d]));
+        }
+    }
+    // 4. Local checks of reachable nodes.
+    let mut checked: Vec<Option<Checked>> = (0..nodes.len())
+        .map(|i| {
+            reachable[i]
+                .then(|| check_node(prompt, plugins, i, &entries[i].info, entries[i].plugin))
+        })
+        .collect();
+    // 5. Cycles: peel sources (Kahn) then sinks; what remains is on or between cycles.
+    let order = kahn(&deps, &reachable);
+    let mut in_order = vec![false; nodes.len()];
+    order.iter().for_each(|&i| in_order[i] = true);
+    let mut cyclic: Vec<bool> = (0..nodes.len())
+        .map(|i| reachable[i] && !in_order[i])
+        .collect();
+    peel_sinks(&deps, &mut cyclic);
+    for i in 0..nodes.len() {
+        if cyclic[i] {
+            if let Some(c) = checked[i].as_mut() {
+                c.errors.push(err(
+                    "dependency_cycle",
+                    "Dependency cycle detected",
+                    format!("node {} depends on itself through its inputs", nodes[i].id),
+                    json!({}),
+                ));
+            }
+        }
+    }
+    // 6. A node is ok when it and everything upstream is.
+    let mut ok = vec![false; nodes.len()];
+    for &i in &order {
+        ok[i] = checked[i].as_ref().is_some_and(|c| c.errors.is_empty())
+            && deps[i].iter().all(|&d| ok[d]);
+    }
+    // 7. node_errors with dependent outputs.
+    let mut node_errors = Map::new();
+    let mut dependents: Vec<Vec<String>> = vec![Vec::new(); nodes.len()];
+    for &o in &outputs {
+        for i in upstream(&deps, o) {
+            if checked[i].as_ref().is_some_and(|c| !c.errors.is_empty()) {
+                dependents[i].push(nodes[o].id.clone());
+            }
+        }
+    }
+    for i in 0..nodes.len() {
+        if let Some(c) = &checked[i] {
+            if !c.errors.is_empty() {
+                node_errors.insert(
+                    nodes[i].id.clone(),
+                    json!({"errors": c.errors, "dependent_outputs": dependents[i], "class_type": nodes[i].class_type}),
+                );
+            }
+        }
+    }
+    let good: Vec<usize> = outputs.iter().copied().filter(|&o| ok[o]).collect();
+    if good.is_empty() || (!opts.partial && !node_errors.is_empty()) {
+        let details = node_errors
+            .iter()
+            .take(1)
+            .filter_map(|(id, e)| {
+                let first = e["errors"].get(0)?;
+                Some(format!(
+                    "node {id} ({}): {}: {} {}",
+                    e["class_type"].as_str().unwrap_or(""),
+                    first["type"].as_str().unwrap_or(""),
+                    first["message"].as_str().unwrap_or(""),
+                    first["details"].as_str().unwrap_or("")
+                ))
+            })
+            .next()
+            .unwrap_or_default();
+        return Err(ValidationFailure {
+            error: err(
+                "prompt_outputs_failed_validation",
+                "Prompt outputs failed validation",
+                details.trim_end(),
+                json!({}),
+            ),
+            node_errors,
+        });
+    }
+    // 8. The plan: nodes the good outputs need, in topological order.
+    let mut needed = vec![false; nodes.len()];
+    for &o in &good {
+        for i in upstream(&deps, o) {
+            needed[i] = true;
+        }
+    }
+    let mut plan_index = vec![usize::MAX; nodes.len()];
+    let mut plan_nodes = Vec::new();
+    for &i in order.iter().filter(|&&i| needed[i]) {
+        plan_index[i] = plan_nodes.len();
+        let c = checked[i].take().expect("reachable nodes are checked");
+        let inputs = c
+            .inputs
+            .into_iter()
+            .map(|(name, l)| {
+                let pi = match l {
+                    Local::Literal(v, j) => PlanInput::Literal(v, j),
+                    Local::Link {
+                        src,
+                        output,
+                        to_float,
+                    } => PlanInput::Link {
+                        node: plan_index[src],
+                        output,
+                        to_float,
+                    },
+                };
+                (name, pi)
+            })
+            .collect();
+        plan_nodes.push(PlanNode {
+            id: nodes[i].id.clone(),
+            class_type: nodes[i].class_type.clone(),
+            title: nodes[i].title.clone(),
+            plugin: entries[i].plugin,
+            info: entries[i].info.clone(),
+            inputs,
+        });
+    }
+    let plan_outputs = good.iter().map(|&o| plan_index[o]).collect();
+    Ok(Plan {
+        nodes: plan_nodes,
+        outputs: plan_outputs,
+        node_errors,
+    })
+}
+
+/// Declared inputs: (name, spec, required), required first.
+fn declared(info: &NodeInfo) -> impl Iterator<Item = (&str, &InputSpec, bool)> {
+    info.input
+        .required
+        .iter()
+        .map(|(n, s)| (n, s, true))
+        .chain(info.input.optional.iter().map(|(n, s)| (n, s, false)))
+}
+
+/// Kahn's algorithm over the reachable nodes, ties broken by prompt order.
+fn kahn(deps: &[Vec<usize>], include: &[bool]) -> Vec<usize> {
+    let n = deps.len();
+    let mut indeg = vec![0usize; n];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        if include[i] {
+            for &d in &deps[i] {
+                indeg[i] += 1;
+                users[d].push(i);
+            }
+        }
+    }
+    let mut q: VecDeque<usize> = (0..n).filter(|&i| include[i] && indeg[i] == 0).collect();
+    let mut order = Vec::new();
+    while let Some(i) = q.pop_front() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                q.push_back(u);
+            }
+        }
+    }
+    order
+}
+
+/// Removes from `set` the nodes that only lead out of cycles (no dependency inside the set).
+fn peel_sinks(deps: &[Vec<usize>], set: &mut [bool]) {
+    let n = deps.len();
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut outdeg = vec![0usize; n];
+    for i in 0..n {
+        if set[i] {
+            for &d in &deps[i] {
+                if set[d] {
+                    outdeg[i] += 1;
+                    users[d].push(i);
+                }
+            }
+        }
+    }
+    let mut q: Vec<usize> = (0..n).filter(|&i| set[i] && outdeg[i] == 0).collect();
+    while let Some(i) = q.pop() {
+        set[i] = false;
+        for &u in &users[i] {
+            outdeg[u] -= 1;
+            if outdeg[u] == 0 {
+                q.push(u);
+            }
+        }
+    }
+}
+
+/// `start` and everything it depends on.
+fn upstream(deps: &[Vec<usize>], start: usize) -> Vec<usize> {
+    let mut seen = vec![false; deps.len()];
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut seen[i], true) {
+            out.push(i);
+            stack.extend(deps[i].iter().copied().filter(|&d| !seen[d]));
+        }
+    }
+    out
+}
+
+fn check_node(
+    prompt: &Prompt,
+    plugins: &PluginSet,
+    i: usize,
+    info: &NodeInfo,
+    plugin: usize,
+) -> Checked {
+    let node = &prompt.nodes()[i];
+    let mut errors = Vec::new();
+    let mut inputs = Vec::new();
+    let mut literals = Map::new();
+    for (name, spec, required) in declared(info) {
+        let extra = |more: Json| {
+            let mut e = json!({"input_name": name, "input_config": spec_json(spec)});
+            if let (Some(o), Json::Object(m)) = (e.as_object_mut(), more) {
+                o.extend(m);
+            }
+            e
+        };
+        match node.input(name) {
+            None => {
+                if required {
+                    errors.push(err(
+                        "required_input_missing",
+                        "Required input is missing",
+                        name,
+                        extra(json!({})),
+                    ));
+                }
+            }
+            Some(InputValue::BadLink(v)) => errors.push(err(
+                "bad_linked_input",
+                "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                format!("{name}, {v}"),
+                extra(json!({"received_value": v})),
+            )),
+            Some(InputValue::Link {
+                node: src_id,
+                output,
+            }) => {
+                let Some(src) = prompt.position(src_id) else {
+                    errors.push(err(
+                        "bad_linked_input",
+                        format!("Linked node '{src_id}' does not exist"),
+                        format!("{name}, [\"{src_id}\", {output}]"),
+                        extra(json!({"linked_node": [src_id, output]})),
+                    ));
+                    continue;
+                };
+                let src_class = &prompt.nodes()[src].class_type;
+                let Some(src_info) = plugins.node(src_class).map(|e| &e.info) else {
+                    continue; // unknown classes were refused earlier
+                };
+                let Some(out_ty) = src_info.output.get(*output) else {
+                    errors.push(err(
+                        "bad_linked_input",
+                        format!("Linked node '{src_id}' ({src_class}) has no output {output}; it has {}", src_info.output.len()),
+                        format!("{name}, [\"{src_id}\", {output}]"),
+                        extra(json!({"linked_node": [src_id, output]})),
+                    ));
+                    continue;
+                };
+                if !link_type_ok(out_ty, spec) {
+                    errors.push(err(
+                        "return_type_mismatch",
+                        "Return type mismatch between linked nodes",
+                        format!(
+                            "{name}, received_type({out_ty}) mismatch input_type({})",
+                            spec.ty.name()
+                        ),
+                        extra(json!({"received_type": out_ty, "linked_node": [src_id, output]})),
+                    ));
+                    continue;
+                }
+                let to_float = matches!(&spec.ty, InputType::Named(n) if n == types::FLOAT);
+                inputs.push((
+                    name.to_string(),
+                    Local::Link {
+                        src,
+                        output: *output,
+                        to_float,
+                    },
+                ));
+            }
+            Some(InputValue::Literal(v)) => match check_literal(name, spec, v) {
+                Ok((value, canon)) => {
+                    literals.insert(name.to_string(), canon.clone());
+                    inputs.push((name.to_string(), Local::Literal(value, canon)));
+                }
+                Err(e) => errors.push(e),
+            },
+        }
+    }
+    if info.odelt.validates_inputs {
+        match plugins.plugins()[plugin].validate(&node.class_type, &literals) {
+            Ok(issues) => {
+                for issue in issues {
+                    let input = issue.input_name.as_str();
+                    let details = if input.is_empty() {
+                        issue.message.to_string()
+                    } else {
+                        format!("{input} - {}", issue.message)
+                    };
+                    errors.push(err(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        details,
+                        json!({"input_name": input, "received_value": literals.get(input).cloned().unwrap_or(Json::Null)}),
+                    ));
+                }
+            }
+            Err(e) => errors.push(err(
+                "exception_during_validation",
+                "Exception when validating node",
+                e.message.to_string(),
+                json!({"exception_type": e.kind.exception_type()}),
+            )),
+        }
+    }
+    Checked { errors, inputs }
+}
+
+/// Checks and converts a literal for `spec`; the error is a ComfyUI error object.
+pub fn check_literal(name: &str, spec: &InputSpec, v: &Json) -> Result<(Value, Json), Json> {
+    let extra = |more: Json| {
+        let mut e =
+            json!({"input_name": name, "input_config": spec_json(spec), "received_value": v});
+        if let (Some(o), Json::Object(m)) = (e.as_object_mut(), more) {
+            o.extend(m);
+        }
+        e
+    };
+    match &spec.ty {
+        InputType::Combo(choices) => match v {
+            Json::String(s) if choices.contains(s) => {
+                Ok((Value::Str(RString::from(s.as_str())), v.clone()))
+            }
+            _ => {
+                let shown = if choices.len() > 20 {
+                    format!("(list of length {})", choices.len())
+                } else {
+                    format!("{choices:?}")
+                };
+                Err(err(
+                    "value_not_in_list",
+                    "Value not in list",
+                    format!("{name}: {v} not in {shown}"),
+                    extra(json!({})),
+                ))
+            }
+        },
+        InputType::Named(t) => {
+            let union: Vec<&str> = t.split(',').map(str::trim).collect();
+            if union.contains(&types::ANY) {
+                return Ok((Value::Json(RString::from(v.to_string())), v.clone()));
+            }
+            let widget: Vec<&str> = union
+                .iter()
+                .copied()
+                .filter(|u| {
+                    [
+                        types::INT,
+                        types::FLOAT,
+                        types::STRING,
+                        types::BOOLEAN,
+                        types::COMBO,
+                    ]
+                    .contains(u)
+                })
+                .collect();
+            if widget.is_empty() {
+                return Err(err(
+                    "invalid_input_type",
+                    format!("Input '{name}' of type {t} must be linked to a node output"),
+                    format!("{name}, {v}"),
+                    extra(json!({})),
+                ));
+            }
+            let mut last_err = None;
+            for w in widget {
+                match convert(name, w, spec, v) {
+                    Ok(r) => return Ok(r),
+                    Err(Some(range_err)) => return Err(extra_merge(range_err, extra(json!({})))),
+                    Err(None) => last_err = Some(w),
+                }
+            }
+            let w = last_err.unwrap_or(t);
+            Err(err(
+                "invalid_input_type",
+                format!("Failed to convert an input value to a {w} value"),
+                format!("{name}, {v}, got {}", json_kind(v)),
+                extra(json!({})),
+            ))
+        }
+    }
+}
+
+fn extra_merge(mut e: Json, extra: Json) -> Json {
+    e["extra_info"] = extra;
+    e
+}
+
+/// Converts `v` to widget type `w`. `Err(None)`: wrong type; `Err(Some(e))`: out of range.
+fn convert(name: &str, w: &str, spec: &InputSpec, v: &Json) -> Result<(Value, Json), Option<Json>> {
+    match w {
+        types::INT => {
+            let n = as_int(v).ok_or(None)?;
+            let min = spec.options.min.as_ref().and_then(bound);
+            let max = spec.options.max.as_ref().and_then(bound);
+            if let Some(m) = min {
+                if below(n, m) {
+                    return Err(Some(err(
+                        "value_smaller_than_min",
+                        format!("Value {n} smaller than min of {}", show(m)),
+                        name,
+                        json!({}),
+                    )));
+                }
+            }
+            // Without a declared max, INT is i64; a declared max may allow up to u64::MAX.
+            let max = max.unwrap_or(Bound::Int(i64::MAX as i128));
+            if above(n, max) {
+                return Err(Some(err(
+                    "value_bigger_than_max",
+                    format!("Value {n} bigger than max of {}", show(max)),
+                    name,
+                    json!({}),
+                )));
+            }
+            if n < i64::MIN as i128 {
+                return Err(Some(err(
+                    "value_smaller_than_min",
+                    format!("Value {n} smaller than min of {}", i64::MIN),
+                    name,
+                    json!({}),
+                )));
+            }
+            if n > u64::MAX as i128 {
+                return Err(Some(err(
+                    "value_bigger_than_max",
+                    format!("Value {n} bigger than max of {}", u64::MAX),
+                    name,
+                    json!({}),
+                )));
+            }
+            let (value, canon) = if n > i64::MAX as i128 {
+                (Value::Int(n as u64 as i64), json!(n as u64))
+            } else {
+                (Value::Int(n as i64), json!(n as i64))
+            };
+            Ok((value, canon))
+        }
+        types::FLOAT => {
+            let f = v.as_f64().ok_or(None)?;
+            if let Some(m) = spec.options.min.as_ref().and_then(Json::as_f64) {
+                if f < m {
+                    return Err(Some(err(
+                        "value_smaller_than_min",
+                        format!("Value {f} smaller than min of {m}"),
+                        name,
+                        json!({}),
+                    )));
+                }
+            }
+            if let Some(m) = spec.options.max.as_ref().and_then(Json::as_f64) {
+                if f > m {
+                    return Err(Some(err(
+                        "value_bigger_than_max",
+                        format!("Value {f} bigger than max of {m}"),
+                        name,
+                        json!({}),
+                    )));
+                }
+            }
+            Ok((Value::Float(f), json!(f)))
+        }
+        types::STRING | types::COMBO => match v {
+            Json::String(s) => Ok((Value::Str(RString::from(s.as_str())), v.clone())),
+            _ => Err(None),
+        },
+        types::BOOLEAN => match v {
+            Json::Bool(b) => Ok((Value::Bool(*b), v.clone())),
+            _ => Err(None),
+        },
+        _ => Err(None),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Bound {
+    Int(i128),
+    Float(f64),
+}
+
+fn bound(v: &Json) -> Option<Bound> {
+    if let Some(i) = v.as_i64() {
+        Some(Bound::Int(i as i128))
+    } else if let Some(u) = v.as_u64() {
+        Some(Bound::Int(u as i128))
+    } else {
+        v.as_f64().map(Bound::Float)
+    }
+}
+
+fn below(n: i128, b: Bound) -> bool {
+    match b {
+        Bound::Int(m) => n < m,
+        Bound::Float(m) => (n as f64) < m,
+    }
+}
+
+fn above(n: i128, b: Bound) -> bool {
+    match b {
+        Bound::Int(m) => n > m,
+        Bound::Float(m) => (n as f64) > m,
+    }
+}
+
+fn show(b: Bound) -> String {
+    match b {
+        Bound::Int(i) => i.to_string(),
+        Bound::Float(f) => f.to_string(),
+    }
+}
+
+/// An integer from a JSON number: integers, or floats with no fractional part.
+fn as_int(v: &Json) -> Option<i128> {
+    if let Some(i) = v.as_i64() {
+        return Some(i as i128);
+    }
+    if let Some(u) = v.as_u64() {
+        return Some(u as i128);
+    }
+    let f = v.as_f64()?;
+    if f.fract() == 0.0 && f.abs() < 1.0e30 {
+        Some(f as i128)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_matching_rules() {
+        assert!(types_match("INT", "INT"));
+        assert!(!types_match("INT", "FLOAT"));
+        assert!(types_match("INT", "INT,FLOAT"));
+        assert!(types_match("FLOAT, INT", "FLOAT"));
+        assert!(types_match("*", "MODEL"));
+        assert!(types_match("MODEL", "*"));
+        assert!(!types_match("MODEL", "VAE"));
+    }
+
+    #[test]
+    fn literal_conversion_and_ranges() {
+        let int = InputSpec::int().min(0).max(10);
+        assert!(matches!(
+            check_literal("x", &int, &json!(3)),
+            Ok((Value::Int(3), _))
+        ));
+        assert!(matches!(
+            check_literal("x", &int, &json!(3.0)),
+            Ok((Value::Int(3), _))
+        ));
+        assert_eq!(
+            check_literal("x", &int, &json!(11)).unwrap_err()["type"],
+            "value_bigger_than_max"
+        );
+        assert_eq!(
+            check_literal("x", &int, &json!(-1)).unwrap_err()["type"],
+            "value_smaller_than_min"
+        );
+        assert_eq!(
+            check_literal("x", &int, &json!(2.5)).unwrap_err()["type"],
+            "invalid_input_type"
+        );
+        assert_eq!(
+            check_literal("x", &int, &json!("3")).unwrap_err()["type"],
+            "invalid_input_type"
+        );
+        let seed = InputSpec::int().min(0).max(u64::MAX);
+        match check_literal("s", &seed, &json!(u64::MAX)) {
+            Ok((Value::Int(i), canon)) => {
+                assert_eq!(i as u64, u64::MAX);
+                assert_eq!(canon, json!(u64::MAX));
+            }
+            other => panic!("{other:?}"),
+        }
+        let plain = InputSpec::int();
+        assert_eq!(
+            check_literal("p", &plain, &json!(u64::MAX)).unwrap_err()["type"],
+            "value_bigger_than_max"
+        );
+        assert_eq!(
+            check_literal("p", &plain, &json!(1e300)).unwrap_err()["type"],
+            "invalid_input_type"
+        );
+        let float = InputSpec::float().min(0.0).max(1.0);
+        assert!(
+            matches!(check_literal("f", &float, &json!(1)), Ok((Value::Float(f), _)) if f == 1.0)
+        );
+        assert_eq!(
+            check_literal("f", &float, &json!(1.5)).unwrap_err()["type"],
+            "value_bigger_than_max"
+        );
+        let combo = InputSpec::combo(["a", "b"]);
+        assert!(check_literal("c", &combo, &json!("a")).is_ok());
+        assert_eq!(
+            check_literal("c", &combo, &json!("z")).unwrap_err()["type"],
+            "value_not_in_list"
+        );
+        assert_eq!(
+            check_literal("m", &InputSpec::new("MODEL"), &json!(1)).unwrap_err()["type"],
+            "invalid_input_type"
+        );
+        assert!(matches!(
+            check_literal("a", &InputSpec::new("*"), &json!([1])),
+            Ok((Value::Json(_), _))
+        ));
+        assert!(matches!(
+            check_literal("u", &InputSpec::new("INT,FLOAT"), &json!(2.5)),
+            Ok((Value::Float(_), _))
+        ));
+        assert_eq!(
+            check_literal("b", &InputSpec::boolean(), &json!(1)).unwrap_err()["type"],
+            "invalid_input_type"
+        );
+    }
+}
