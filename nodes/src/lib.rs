@@ -16,6 +16,7 @@ pub mod error;
 pub mod model;
 pub mod params;
 pub mod solver;
+pub mod vae;
 
 pub use config::DitConfig;
 pub use error::{Error, Result};
