@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod params;
+pub mod pipeline;
 pub mod solver;
 pub mod vae;
 

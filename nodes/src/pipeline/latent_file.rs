@@ -1,0 +1,142 @@
+//! ComfyUI `.latent` files: a safetensors file holding `latent_tensor` (NCHW, raw VAE space) and the empty marker
+//! tensor `latent_format_version_0`; files without the marker are old-format latents stored ×0.18215.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+
+use super::array::Array;
+use crate::error::{Error, Result};
+
+/// The tensor holding the latent.
+pub const LATENT_KEY: &str = "latent_tensor";
+/// The marker of the current format (absent in old files, whose values are scaled by 0.18215).
+pub const VERSION_MARKER: &str = "latent_format_version_0";
+/// Factor old-format files were stored with.
+const OLD_FORMAT_SCALE: f32 = 0.18215;
+
+fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: msg.to_string(),
+    }
+}
+
+/// Writes `latent` (NCHW f32) with `metadata` (ComfyUI puts `prompt` and the `extra_pnginfo` entries there).
+pub fn write_latent(path: &Path, latent: &Array, metadata: &[(String, String)]) -> Result<()> {
+    latent.dims4("LATENT", "[B, C, H, W]")?;
+    let bytes: Vec<u8> = latent.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let main = TensorView::new(StDtype::F32, latent.shape.clone(), &bytes)
+        .map_err(|e| file_err(path, format!("latent tensor: {e}")))?;
+    let marker = TensorView::new(StDtype::F32, vec![0], &[])
+        .map_err(|e| file_err(path, format!("format marker: {e}")))?;
+    let meta: HashMap<String, String> = metadata.iter().cloned().collect();
+    let meta = if meta.is_empty() { None } else { Some(meta) };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    safetensors::serialize_to_file([(LATENT_KEY, main), (VERSION_MARKER, marker)], meta, path)
+        .map_err(|e| file_err(path, format!("write failed: {e}")))
+}
+
+/// Reads a `.latent` file as NCHW f32 raw latents (old-format files are divided by 0.18215, as ComfyUI does).
+pub fn read_latent(path: &Path) -> Result<Array> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| file_err(path, format!("not a .latent (safetensors) file: {e}")))?;
+    let view = st
+        .tensor(LATENT_KEY)
+        .map_err(|_| file_err(path, format!("no `{LATENT_KEY}` tensor in the file")))?;
+    let shape = view.shape().to_vec();
+    if shape.len() != 4 {
+        return Err(file_err(
+            path,
+            format!("`{LATENT_KEY}` has shape {shape:?}; expected [B, C, H, W]"),
+        ));
+    }
+    let raw = view.data();
+    let mut data: Vec<f32> = match view.dtype() {
+        StDtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        StDtype::F16 => raw
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StDtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StDtype::F64 => raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        other => {
+            return Err(file_err(
+                path,
+                format!("`{LATENT_KEY}` has dtype {other:?}; expected a float type"),
+            ))
+        }
+    };
+    if st.tensor(VERSION_MARKER).is_err() {
+        for v in &mut data {
+            *v /= OLD_FORMAT_SCALE;
+        }
+    }
+    Array::new(shape, data)
+}
+
+/// Shape of the latent in a `.latent` file without decoding its values (for validation).
+pub fn latent_shape(path: &Path) -> Result<Vec<usize>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| file_err(path, format!("not a .latent (safetensors) file: {e}")))?;
+    meta.tensors()
+        .get(LATENT_KEY)
+        .map(|info| info.shape.clone())
+        .ok_or_else(|| file_err(path, format!("no `{LATENT_KEY}` tensor in the file")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_old_format() {
+        let dir = std::env::temp_dir().join(format!("odelt-latent-{}", std::process::id()));
+        let p = dir.join("sub/x.latent");
+        let a = Array::new(vec![1, 2, 1, 2], vec![1.0, -2.0, 3.5, 0.25]).unwrap();
+        write_latent(&p, &a, &[("prompt".into(), "{}".into())]).unwrap();
+        assert_eq!(read_latent(&p).unwrap(), a);
+        assert_eq!(latent_shape(&p).unwrap(), vec![1, 2, 1, 2]);
+        let bytes = std::fs::read(&p).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["prompt"], "{}");
+
+        // An old-format file: no marker, values stored x0.18215.
+        let old = dir.join("old.latent");
+        let vals: Vec<u8> = [0.18215f32, 0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let view = TensorView::new(StDtype::F32, vec![1, 1, 1, 2], &vals).unwrap();
+        safetensors::serialize_to_file([(LATENT_KEY, view)], None, &old).unwrap();
+        let r = read_latent(&old).unwrap();
+        assert!((r.data[0] - 1.0).abs() < 1e-6);
+
+        std::fs::write(dir.join("bad.latent"), b"nope").unwrap();
+        assert!(read_latent(&dir.join("bad.latent")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

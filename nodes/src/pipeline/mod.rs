@@ -1,0 +1,63 @@
+//! The node pipeline behind the plugin's nodes: everything a ComfyUI-style graph does with this model, as plain
+//! functions the (thin) plugin adapter calls.
+//!
+//! - [`models_dir`]: checkpoint and VAE choices under the models directory; names resolved without escaping it.
+//! - [`model`]: the MODEL value ([`ModelHandle`]: a shared, lazily built checkpoint at an active length) and cheap
+//!   configuration reads for validation.
+//! - [`sampler`]: the sampler (LATENT in raw VAE space, NCHW; the model's latent scale applied on the way in and
+//!   out), empty latents, labels.
+//! - [`vae`]: the VAE value and decoding; [`image`]: pixel-space decoding and previews.
+//! - [`png`]: SaveImage/PreviewImage files (ComfyUI names, `prompt`/`workflow` text chunks);
+//!   [`latent_file`]: ComfyUI `.latent` files.
+//! - [`validate`]: checks run before anything executes (following linked inputs back to the loaders).
+//!
+//! Conventions (ComfyUI's): LATENT = `[B, C, H, W]` f32 raw latents (for pixel-space models with latent scale 1:
+//! the model's own space, pixels in [-1, 1]); IMAGE = `[B, H, W, C]` f32 in 0..1.
+
+pub mod array;
+pub mod device;
+pub mod image;
+pub mod latent_file;
+pub mod model;
+pub mod models_dir;
+pub mod png;
+pub mod sampler;
+pub mod vae;
+pub mod validate;
+
+pub use array::Array;
+pub use device::Precision;
+pub use model::{LoadedCheckpoint, LoaderOptions, ModelHandle};
+pub use sampler::{run_sampler, SamplerSettings};
+pub use vae::VaeHandle;
+
+/// The node class names (shared by the plugin's registrations and the link-following validation).
+pub mod class {
+    /// Checkpoint loader → MODEL.
+    pub const LOADER: &str = "ODEtODElCheckpointLoader";
+    /// MODEL → MODEL at another active length.
+    pub const DEPTH: &str = "ODElDepthSelector";
+    /// MODEL → LATENT of the model's native size.
+    pub const EMPTY_LATENT: &str = "ODEtEmptyLatent";
+    /// The ODE_t sampler.
+    pub const SAMPLER: &str = "ODEtSampler";
+    /// VAE loader → VAE.
+    pub const VAE_LOADER: &str = "VAELoader";
+    /// LATENT (+ VAE) → IMAGE.
+    pub const DECODE: &str = "ODEtDecode";
+    /// IMAGE → PNG files in the output directory.
+    pub const SAVE_IMAGE: &str = "SaveImage";
+    /// IMAGE → PNG files in the temp directory.
+    pub const PREVIEW_IMAGE: &str = "PreviewImage";
+    /// `.latent` file → LATENT.
+    pub const LOAD_LATENT: &str = "LoadLatent";
+    /// LATENT → `.latent` file.
+    pub const SAVE_LATENT: &str = "SaveLatent";
+}
+
+/// Drops every cached built model and VAE decoder (the host's "free memory"); the handles stay valid and rebuild
+/// on next use.
+pub fn free_memory() {
+    model::free_built_models();
+    vae::free_vae_decoders();
+}

@@ -1,0 +1,266 @@
+//! Model files under the models directory: the choices a loader node offers, and turning a user-given name back
+//! into a path without ever leaving the directory.
+//!
+//! Names are relative, `/`-separated paths (`fashion-dit.safetensors`, `checkpoints/imagenet.pkl`,
+//! `vae/sd-vae-ft-mse.safetensors`). A name is refused when it is absolute, contains `..`, or resolves — through a
+//! symlink — to a file outside the models directory.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Environment variable naming the models directory (used when the host gives none).
+pub const MODELS_DIR_ENV: &str = "ODELT_MODELS_DIR";
+
+/// File extensions of checkpoints: the project's safetensors and the official pickles.
+pub const CHECKPOINT_EXTENSIONS: &[&str] = &["safetensors", "pkl"];
+/// Sub-directories (besides the models directory itself) searched for checkpoints.
+pub const CHECKPOINT_SUBDIRS: &[&str] = &["checkpoints"];
+/// File extensions of VAEs.
+pub const VAE_EXTENSIONS: &[&str] = &["safetensors"];
+/// Sub-directories (besides the models directory itself) searched for VAEs.
+pub const VAE_SUBDIRS: &[&str] = &["vae"];
+
+/// How deep listings descend into a sub-directory.
+const MAX_LIST_DEPTH: usize = 4;
+
+/// The models directory when nothing more specific is known: `$ODELT_MODELS_DIR`, else `models`.
+pub fn default_models_dir() -> PathBuf {
+    match std::env::var_os(MODELS_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from("models"),
+    }
+}
+
+/// The models directory to use for a call: the host's (when given) or [`default_models_dir`].
+pub fn models_dir_or_default(host_dir: &str) -> PathBuf {
+    if host_dir.is_empty() {
+        default_models_dir()
+    } else {
+        PathBuf::from(host_dir)
+    }
+}
+
+fn has_extension(path: &Path, exts: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn walk(dir: &Path, rel: &str, depth: usize, exts: &[&str], out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let rel_name = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        // metadata() follows symlinks: a link to a file counts as a file (it is checked again on use).
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if md.is_file() && has_extension(&path, exts) {
+            out.push(rel_name);
+        } else if md.is_dir() && depth > 0 {
+            walk(&path, &rel_name, depth - 1, exts, out);
+        }
+    }
+}
+
+/// Lists files with one of `exts` directly in `models_dir` and anywhere (a few levels deep) under each of
+/// `subdirs`, as sorted, de-duplicated relative names. A missing directory lists nothing.
+pub fn list_files(models_dir: &Path, subdirs: &[&str], exts: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(models_dir, "", 0, exts, &mut out);
+    for sub in subdirs {
+        walk(&models_dir.join(sub), sub, MAX_LIST_DEPTH, exts, &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Checkpoint choices under `models_dir`.
+pub fn list_checkpoints(models_dir: &Path) -> Vec<String> {
+    list_files(models_dir, CHECKPOINT_SUBDIRS, CHECKPOINT_EXTENSIONS)
+}
+
+/// VAE choices under `models_dir`.
+pub fn list_vaes(models_dir: &Path) -> Vec<String> {
+    list_files(models_dir, VAE_SUBDIRS, VAE_EXTENSIONS)
+}
+
+/// Checks the shape of a name without touching the file system: non-empty, relative, no `..`.
+pub fn check_name(name: &str, what: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid(format!("no {what} name given")));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "{what} name {name:?} contains a NUL byte"
+        )));
+    }
+    let p = Path::new(name);
+    let looks_absolute = p.is_absolute()
+        || name.starts_with('/')
+        || name.starts_with('\\')
+        || name.as_bytes().get(1) == Some(&b':');
+    if looks_absolute
+        || p.components()
+            .any(|c| matches!(c, Component::Prefix(_) | Component::RootDir))
+    {
+        return Err(Error::invalid(format!(
+            "{what} name {name:?} is an absolute path; give a name relative to the models directory"
+        )));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir))
+        || name.split(['/', '\\']).any(|s| s == "..")
+    {
+        return Err(Error::invalid(format!(
+            "{what} name {name:?} contains `..`: names must stay inside the models directory"
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves `name` to an existing file inside `models_dir` (tried as given, then under each of `subdirs`).
+/// Fails when the name is malformed ([`check_name`]), names no file, or leads outside the models directory
+/// through a symlink.
+pub fn resolve(models_dir: &Path, name: &str, subdirs: &[&str], what: &str) -> Result<PathBuf> {
+    check_name(name, what)?;
+    let root = std::fs::canonicalize(models_dir).map_err(|e| {
+        Error::invalid(format!(
+            "models directory {} is not readable ({e}); {what} {name:?} cannot be found",
+            models_dir.display()
+        ))
+    })?;
+    let candidates = std::iter::once(models_dir.join(name))
+        .chain(subdirs.iter().map(|s| models_dir.join(s).join(name)));
+    for cand in candidates {
+        let Ok(real) = std::fs::canonicalize(&cand) else {
+            continue;
+        };
+        if !real.starts_with(&root) {
+            return Err(Error::invalid(format!(
+                "{what} {name:?} resolves to {}, outside the models directory {}",
+                real.display(),
+                root.display()
+            )));
+        }
+        if !real.is_file() {
+            return Err(Error::invalid(format!("{what} {name:?} is not a file")));
+        }
+        return Ok(real);
+    }
+    let looked: Vec<String> = std::iter::once(models_dir.display().to_string())
+        .chain(
+            subdirs
+                .iter()
+                .map(|s| models_dir.join(s).display().to_string()),
+        )
+        .collect();
+    Err(Error::invalid(format!(
+        "{what} {name:?} not found (looked in {})",
+        looked.join(", ")
+    )))
+}
+
+/// [`resolve`] for checkpoints.
+pub fn resolve_checkpoint(models_dir: &Path, name: &str) -> Result<PathBuf> {
+    resolve(models_dir, name, CHECKPOINT_SUBDIRS, "checkpoint")
+}
+
+/// [`resolve`] for VAEs.
+pub fn resolve_vae(models_dir: &Path, name: &str) -> Result<PathBuf> {
+    resolve(models_dir, name, VAE_SUBDIRS, "VAE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("odelt-models-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn lists_checkpoints_and_vaes() {
+        let d = tmp("list");
+        std::fs::create_dir_all(d.join("checkpoints/sub")).unwrap();
+        std::fs::create_dir_all(d.join("vae")).unwrap();
+        for f in [
+            "a.safetensors",
+            "b.pkl",
+            "notes.txt",
+            "checkpoints/c.pkl",
+            "checkpoints/sub/d.safetensors",
+            "vae/v.safetensors",
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        assert_eq!(
+            list_checkpoints(&d),
+            [
+                "a.safetensors",
+                "b.pkl",
+                "checkpoints/c.pkl",
+                "checkpoints/sub/d.safetensors"
+            ]
+        );
+        assert_eq!(list_vaes(&d), ["a.safetensors", "vae/v.safetensors"]);
+        assert!(list_checkpoints(&d.join("missing")).is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn resolves_inside_and_refuses_escapes() {
+        let d = tmp("resolve");
+        std::fs::create_dir_all(d.join("checkpoints")).unwrap();
+        std::fs::write(d.join("a.safetensors"), b"x").unwrap();
+        std::fs::write(d.join("checkpoints/c.pkl"), b"x").unwrap();
+        assert!(resolve_checkpoint(&d, "a.safetensors").is_ok());
+        assert!(resolve_checkpoint(&d, "checkpoints/c.pkl").is_ok());
+        assert!(
+            resolve_checkpoint(&d, "c.pkl").is_ok(),
+            "found under checkpoints/"
+        );
+        let e = resolve_checkpoint(&d, "missing.pkl")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not found") && e.contains("missing.pkl"), "{e}");
+        let e = resolve_checkpoint(&d, "../a.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".."), "{e}");
+        let e = resolve_checkpoint(&d, "checkpoints/../../x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".."), "{e}");
+        let abs = d.join("a.safetensors").display().to_string();
+        let e = resolve_checkpoint(&d, &abs).unwrap_err().to_string();
+        assert!(e.contains("absolute"), "{e}");
+        assert!(resolve_checkpoint(&d, "").is_err());
+        #[cfg(unix)]
+        {
+            let outside = tmp("outside");
+            std::fs::write(outside.join("secret.pkl"), b"x").unwrap();
+            std::os::unix::fs::symlink(outside.join("secret.pkl"), d.join("link.pkl")).unwrap();
+            let e = resolve_checkpoint(&d, "link.pkl").unwrap_err().to_string();
+            assert!(e.contains("outside the models directory"), "{e}");
+            std::fs::remove_dir_all(&outside).unwrap();
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
