@@ -17,6 +17,9 @@ pub mod model;
 pub mod params;
 pub mod pipeline;
 pub mod solver;
+pub mod train;
+pub mod data;
+pub mod eval;
 pub mod vae;
 
 pub use config::DitConfig;

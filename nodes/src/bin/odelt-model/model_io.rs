@@ -1,0 +1,29 @@
+//! Loading a trained model for sampling.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use odelt_nodes::checkpoint::{self, LoadOptions, SafetensorsCheckpoint};
+use odelt_nodes::train::TrainOptions;
+use odelt_nodes::Dit;
+
+/// The model at its full depth, and the training options stored with it (if any).
+pub fn load_model(path: &Path, device: &Device) -> Result<(Dit, Option<TrainOptions>)> {
+    let ck = checkpoint::open(path, &LoadOptions::default())
+        .with_context(|| format!("opening model {}", path.display()))?;
+    let model = Dit::load(&ck.config, &*ck.source, device, DType::F32, None)
+        .with_context(|| format!("building the model from {}", path.display()))?;
+    let opts = SafetensorsCheckpoint::open(path)
+        .ok()
+        .and_then(|s| s.metadata().get("odelt.training").cloned())
+        .and_then(|j| serde_json::from_str::<TrainOptions>(&j).ok());
+    Ok((model, opts))
+}
+
+/// The step code to force at every T: the finest code for models trained without the time-consistency term.
+pub fn fixed_dt_base(opts: &Option<TrainOptions>) -> Option<f64> {
+    opts.as_ref()
+        .filter(|o| o.objective.bootstrap_every == 0)
+        .map(|o| o.objective.log2_steps as f64)
+}

@@ -1,0 +1,234 @@
+//! The quality/latency sweep: for every Euler step count T and every trained length l, sample N class-balanced
+//! images, and report the Fréchet distance to the test set in the classifier's feature space, the classifier's
+//! accuracy on the samples (w.r.t. the conditioning labels), and the wall-clock latency per image.
+
+use std::time::Instant;
+
+use candle_core::Device;
+
+use super::classifier::{Classifier, FEATURE_DIM};
+use super::frechet::{frechet_distance, Gaussian};
+use super::plot::{LinePlot, Series};
+use super::sampling::{indexed_noise, sample, SampleSpec};
+use crate::data::ImageSet;
+use crate::error::Result;
+use crate::model::Dit;
+
+/// What to sweep.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    pub steps: Vec<usize>,
+    pub lengths: Vec<usize>,
+    /// Samples per setting.
+    pub n: usize,
+    /// Images per sampling batch.
+    pub batch: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    pub fixed_dt_base: Option<f64>,
+}
+
+/// One (l, T) result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SweepRow {
+    pub length: usize,
+    pub steps: usize,
+    pub n: usize,
+    pub fd: f64,
+    pub accuracy: f64,
+    /// Wall-clock sampling time per image (milliseconds).
+    pub latency_ms: f64,
+    /// Blocks computed per image (T x effective blocks at l): the latency in units of one DiT block.
+    pub block_evals: usize,
+}
+
+/// Real-vs-real calibration: `n` training images against the test-set statistics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Calibration {
+    pub n: usize,
+    pub fd_train_vs_test: f64,
+    pub classifier_test_accuracy: f64,
+    pub classifier_train_subset_accuracy: f64,
+}
+
+/// Feature statistics of a real set, and the classifier's accuracy on it.
+pub fn real_stats(c: &Classifier, set: &ImageSet, device: &Device) -> Result<(Gaussian, f64)> {
+    let (f, p) = c.features(&set.pixels, 500, device)?;
+    let acc =
+        p.iter().zip(&set.labels).filter(|(a, b)| a == b).count() as f64 / set.len().max(1) as f64;
+    Ok((Gaussian::fit(&f, FEATURE_DIM)?, acc))
+}
+
+/// Class-balanced labels `i % classes`.
+pub fn balanced_labels(n: usize, classes: usize) -> Vec<u32> {
+    (0..n).map(|i| (i % classes) as u32).collect()
+}
+
+/// Samples `opts.n` images at (l, T) and scores them.
+pub fn evaluate_setting(
+    model: &Dit,
+    c: &Classifier,
+    reference: &Gaussian,
+    length: usize,
+    steps: usize,
+    opts: &SweepOptions,
+) -> Result<SweepRow> {
+    let m = model.with_length(length)?;
+    let cfg = m.config().clone();
+    let labels = balanced_labels(opts.n, cfg.num_classes);
+    let spec = SampleSpec {
+        steps,
+        guidance: opts.guidance,
+        fixed_dt_base: opts.fixed_dt_base,
+    };
+    let shape = (cfg.input_size, cfg.input_size, cfg.in_channels);
+    let mut pixels: Vec<f32> = Vec::with_capacity(opts.n * shape.0 * shape.1 * shape.2);
+    let mut sampling_s = 0.0;
+    let mut i = 0;
+    while i < opts.n {
+        let b = opts.batch.min(opts.n - i);
+        let noise = indexed_noise(opts.seed, i, b, shape, m.device())?;
+        let t0 = Instant::now();
+        let x = sample(&m, &noise, &labels[i..i + b], &spec)?;
+        sampling_s += t0.elapsed().as_secs_f64();
+        pixels.extend(x.flatten_all()?.to_vec1::<f32>()?);
+        i += b;
+    }
+    let (f, preds) = c.features(&pixels, 500, m.device())?;
+    let g = Gaussian::fit(&f, FEATURE_DIM)?;
+    let fd = frechet_distance(&g, reference)?;
+    let acc = preds.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / opts.n as f64;
+    Ok(SweepRow {
+        length,
+        steps,
+        n: opts.n,
+        fd,
+        accuracy: acc,
+        latency_ms: 1000.0 * sampling_s / opts.n as f64,
+        block_evals: steps * cfg.resident_blocks(length),
+    })
+}
+
+/// The table as CSV.
+pub fn to_csv(rows: &[SweepRow]) -> String {
+    let mut s =
+        String::from("length,steps,n,fd,accuracy,latency_ms_per_image,block_evals_per_image\n");
+    for r in rows {
+        s.push_str(&format!(
+            "{},{},{},{:.4},{:.4},{:.3},{}\n",
+            r.length, r.steps, r.n, r.fd, r.accuracy, r.latency_ms, r.block_evals
+        ));
+    }
+    s
+}
+
+/// The table as markdown: one row per T, for every l the FD, the accuracy and the latency.
+pub fn to_markdown(rows: &[SweepRow], cal: Option<&Calibration>) -> String {
+    let mut lengths: Vec<usize> = rows.iter().map(|r| r.length).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    lengths.reverse();
+    let mut steps: Vec<usize> = rows.iter().map(|r| r.steps).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let mut s = String::from("| T |");
+    for l in &lengths {
+        s.push_str(&format!(" FD l={l} | acc l={l} | ms/img l={l} |"));
+    }
+    s.push_str("\n|---|");
+    for _ in &lengths {
+        s.push_str("---|---|---|");
+    }
+    s.push('\n');
+    for t in &steps {
+        s.push_str(&format!("| {t} |"));
+        for l in &lengths {
+            match rows.iter().find(|r| r.length == *l && r.steps == *t) {
+                Some(r) => s.push_str(&format!(
+                    " {:.2} | {:.1}% | {:.2} |",
+                    r.fd,
+                    100.0 * r.accuracy,
+                    r.latency_ms
+                )),
+                None => s.push_str(" – | – | – |"),
+            }
+        }
+        s.push('\n');
+    }
+    if let Some(c) = cal {
+        s.push_str(&format!(
+            "\nReal vs real (calibration): FD(train {} images vs test 10k) = {:.3}; classifier accuracy: test {:.1}%, \
+             that train subset {:.1}%.\n",
+            c.n,
+            c.fd_train_vs_test,
+            100.0 * c.classifier_test_accuracy,
+            100.0 * c.classifier_train_subset_accuracy
+        ));
+    }
+    s
+}
+
+/// FD against latency, one curve per length (log latency axis), each point labelled with T.
+pub fn plot(rows: &[SweepRow], title: &str, real_fd: Option<f64>) -> LinePlot {
+    let mut lengths: Vec<usize> = rows.iter().map(|r| r.length).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    lengths.reverse();
+    let series = lengths
+        .iter()
+        .map(|&l| {
+            let mut rs: Vec<&SweepRow> = rows.iter().filter(|r| r.length == l).collect();
+            rs.sort_by_key(|r| r.steps);
+            Series {
+                label: format!("l={l}"),
+                points: rs.iter().map(|r| (r.latency_ms, r.fd)).collect(),
+                point_labels: rs.iter().map(|r| format!("{}", r.steps)).collect(),
+            }
+        })
+        .collect();
+    LinePlot {
+        title: title.to_string(),
+        x_label: "latency, ms per image (log scale); points labelled with T".into(),
+        y_label: "FD".into(),
+        log_x: true,
+        series,
+        h_lines: real_fd
+            .map(|v| vec![(v, "real vs real".to_string())])
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(l: usize, t: usize, fd: f64) -> SweepRow {
+        SweepRow {
+            length: l,
+            steps: t,
+            n: 10,
+            fd,
+            accuracy: 0.5,
+            latency_ms: t as f64 * l as f64,
+            block_evals: t * l,
+        }
+    }
+
+    #[test]
+    fn tables_list_every_setting() {
+        let rows = vec![
+            row(2, 1, 9.0),
+            row(2, 4, 5.0),
+            row(4, 1, 8.0),
+            row(4, 4, 3.0),
+        ];
+        let md = to_markdown(&rows, None);
+        assert!(md.contains("FD l=4"));
+        assert_eq!(md.lines().count(), 4);
+        assert!(md.contains("| 4 | 3.00 | 50.0% | 16.00 | 5.00 |"));
+        assert_eq!(to_csv(&rows).lines().count(), 5);
+        let p = plot(&rows, "t", Some(1.0));
+        assert_eq!(p.series.len(), 2);
+        assert_eq!(p.series[0].points, vec![(4.0, 8.0), (16.0, 3.0)]);
+    }
+}
