@@ -432,19 +432,22 @@ impl Executor {
         let mut execute = vec![false; n];
         let mut visited = vec![false; n];
         {
+            // Every cached node of the plan is looked up (and so kept for this run), as
+            // ComfyUI reports them all in `execution_cached`.
             let mut cache = lock(&self.cache);
+            for (i, node) in plan.nodes.iter().enumerate() {
+                if !node.info.odelt.always_run {
+                    results[i] = cache.get(keys[i], run_id);
+                }
+            }
+        }
+        {
             let mut stack: Vec<usize> = plan.outputs.clone();
             while let Some(i) = stack.pop() {
-                if std::mem::replace(&mut visited[i], true) {
+                if std::mem::replace(&mut visited[i], true) || results[i].is_some() {
                     continue;
                 }
                 let node = &plan.nodes[i];
-                if !node.info.odelt.always_run {
-                    if let Some(e) = cache.get(keys[i], run_id) {
-                        results[i] = Some(e);
-                        continue;
-                    }
-                }
                 execute[i] = true;
                 for (_, input) in &node.inputs {
                     if let PlanInput::Link { node: src, .. } = input {

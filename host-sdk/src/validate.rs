@@ -388,28 +388,27 @@ fn kahn(deps: &[Vec<usize>], include: &[bool]) -> Vec<usize> {
     order
 }
 
-/// Removes from `set` the nodes that only lead out of cycles (no dependency inside the set).
+/// Removes from `set` the nodes that only lead out of cycles: repeatedly drops nodes that
+/// no other node of the set uses. What stays is on a cycle (or between two).
 fn peel_sinks(deps: &[Vec<usize>], set: &mut [bool]) {
     let n = deps.len();
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut outdeg = vec![0usize; n];
-    for i in 0..n {
-        if set[i] {
-            for &d in &deps[i] {
-                if set[d] {
-                    outdeg[i] += 1;
-                    users[d].push(i);
-                }
+    let mut used_by = vec![0usize; n];
+    for i in (0..n).filter(|&i| set[i]) {
+        for &d in &deps[i] {
+            if set[d] {
+                used_by[d] += 1;
             }
         }
     }
-    let mut q: Vec<usize> = (0..n).filter(|&i| set[i] && outdeg[i] == 0).collect();
+    let mut q: Vec<usize> = (0..n).filter(|&i| set[i] && used_by[i] == 0).collect();
     while let Some(i) = q.pop() {
         set[i] = false;
-        for &u in &users[i] {
-            outdeg[u] -= 1;
-            if outdeg[u] == 0 {
-                q.push(u);
+        for &d in &deps[i] {
+            if set[d] {
+                used_by[d] -= 1;
+                if used_by[d] == 0 {
+                    q.push(d);
+                }
             }
         }
     }

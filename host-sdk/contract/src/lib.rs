@@ -110,7 +110,7 @@ pub use descriptor::{
     OdeltFlags, DEFAULT_PYTHON_MODULE,
 };
 pub use error::{ErrorKind, NodeError, ValidationIssue};
-pub use plugin::{catch_panic, Inputs, NodeRegistry};
+pub use plugin::{catch_panic, install_quiet_panic_hook, Inputs, NodeRegistry};
 pub use root_module::{NodeOutput, PluginInfo, PluginMod, PluginMod_Ref, CONTRACT_VERSION};
 pub use value::{DType, Handle, NamedValue, OpaqueBox, OpaqueObject, TensorBuf, Value};
 

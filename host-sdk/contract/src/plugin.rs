@@ -17,8 +17,35 @@ use crate::error::{NodeError, ValidationIssue};
 use crate::root_module::{NodeOutput, PluginInfo, PluginMod, PluginMod_Ref, CONTRACT_VERSION};
 use crate::value::{Handle, NamedValue, TensorBuf, Value};
 
-/// Runs `f`, turning a panic into `Err(NodeError)` of kind `Panicked` with the panic message.
+thread_local! {
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once) a panic hook in this library's copy of std that records where a panic
+/// happened for [`catch_panic`] instead of printing it, so a panicking node does not write
+/// to the host's stderr. Set `ODELT_PANIC_TRACE=1` to also print panics as usual.
+/// [`crate::export_plugin!`] plugins get this automatically.
+pub fn install_quiet_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        let print = std::env::var_os("ODELT_PANIC_TRACE").is_some();
+        std::panic::set_hook(Box::new(move |info| {
+            let loc = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = loc);
+            if print {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, turning a panic into `Err(NodeError)` of kind `Panicked` with the panic message
+/// (and its location when [`install_quiet_panic_hook`] is active).
 pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, NodeError>) -> Result<T, NodeError> {
+    PANIC_LOCATION.with(|p| p.borrow_mut().take());
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
@@ -29,7 +56,11 @@ pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, NodeError>) -> Result<T, Nod
             } else {
                 "unknown panic payload".to_string()
             };
-            Err(NodeError::panicked(format!("node panicked: {msg}")))
+            let at = PANIC_LOCATION
+                .with(|p| p.borrow_mut().take())
+                .map(|l| format!(" (at {l})"))
+                .unwrap_or_default();
+            Err(NodeError::panicked(format!("node panicked: {msg}{at}")))
         }
     }
 }
@@ -425,6 +456,7 @@ extern "C" fn ffi_free_memory(unload_models: bool) -> RResult<(), NodeError> {
 /// One registry per library: the registry lives in a static of this crate's copy inside
 /// the plugin library.
 pub fn root_module(build: fn() -> NodeRegistry) -> PluginMod_Ref {
+    install_quiet_panic_hook();
     let _ = BUILDER.set(build);
     PluginMod {
         plugin_info: ffi_plugin_info,

@@ -56,13 +56,11 @@ pub struct PluginArgs {
 }
 
 impl PluginArgs {
-    /// Loads the plugins, printing directory-scan warnings to stderr.
+    /// Loads the plugins. Directory-scan warnings are kept in the set; print them with
+    /// [`print_warnings`] after the result, so a failure's reason stays the first line.
     pub fn load(&self) -> Result<Arc<PluginSet>, String> {
         let search = PluginSearch::from_env(self.plugins.clone());
         let set = search.load().map_err(|e| e.to_string())?;
-        for w in set.warnings() {
-            eprintln!("warning: {w}");
-        }
         if set.plugins().is_empty() {
             let looked: Vec<String> = search
                 .paths()
@@ -75,6 +73,13 @@ impl PluginArgs {
             ));
         }
         Ok(Arc::new(set))
+    }
+}
+
+/// Prints the plugin search warnings (skipped libraries) to stderr.
+pub fn print_warnings(set: &PluginSet) {
+    for w in set.warnings() {
+        eprintln!("warning: {w}");
     }
 }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{fail, PluginArgs, EXIT_FAILURE};
+use super::{fail, print_warnings, PluginArgs, EXIT_FAILURE};
 
 /// Arguments of `odelt nodes`.
 #[derive(Debug, Args)]
@@ -31,6 +31,7 @@ pub fn nodes(a: NodesArgs) -> ExitCode {
     match text {
         Ok(t) => {
             println!("{t}");
+            print_warnings(&plugins);
             ExitCode::SUCCESS
         }
         Err(e) => fail(EXIT_FAILURE, &format!("serializing node info: {e}"), None),

@@ -8,7 +8,9 @@ use odelt_host::{CancelToken, Executor, ExecutorConfig, RunError, RunOptions, Wo
 use serde_json::json;
 
 use super::progress::ProgressDisplay;
-use super::{fail, PluginArgs, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_NODE_ERROR};
+use super::{
+    fail, print_warnings, PluginArgs, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_NODE_ERROR,
+};
 
 /// Arguments of `odelt run`.
 #[derive(Debug, Args)]
@@ -72,7 +74,7 @@ pub fn run(a: RunArgs) -> ExitCode {
     if let Some(w) = a.workers {
         config.workers = w.max(1);
     }
-    let exec = Executor::new(plugins, config);
+    let exec = Executor::new(plugins.clone(), config);
 
     let cancel = CancelToken::new();
     let handler_token = cancel.clone();
@@ -81,13 +83,18 @@ pub fn run(a: RunArgs) -> ExitCode {
             eprintln!("error: interrupted again, exiting");
             std::process::exit(EXIT_INTERRUPTED as i32);
         }
-        eprintln!("interrupting (Ctrl-C again to exit at once)...");
         handler_token.cancel();
     });
 
     let display = ProgressDisplay::new(a.quiet);
     let result = wf.run(&exec, &RunOptions::default(), &display, &cancel);
     display.finish();
+    let code = report(result);
+    print_warnings(&plugins);
+    code
+}
+
+fn report(result: Result<odelt_host::RunOutcome, odelt_host::BatchRunError>) -> ExitCode {
     match result {
         Ok(outcome) => {
             let report = json!({

@@ -1,0 +1,226 @@
+//! The `odelt` command: exit codes, first line of stderr, outputs.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn odelt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_odelt"))
+        .args(args)
+        .env_remove("ODELT_PLUGIN_PATH")
+        .output()
+        .expect("run odelt")
+}
+
+fn first_stderr_line(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn write_wf(v: Value) -> std::path::PathBuf {
+    let p = temp_dir("cli").join("wf.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    p
+}
+
+fn arithmetic() -> Value {
+    json!({"1": {"class_type": "IntConstant", "inputs": {"value": 2}},
+           "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 3}},
+           "3": {"class_type": "ShowNumber", "inputs": {"value": ["2", 0]}}})
+}
+
+#[test]
+fn run_prints_outputs_and_applies_overrides() {
+    let plugin = test_plugin();
+    let wf = write_wf(arithmetic());
+    let out_dir = temp_dir("cli-out");
+    let o = odelt(&[
+        "run",
+        wf.to_str().unwrap(),
+        "--plugins",
+        plugin.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "1.value=10",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["outputs"]["3"]["text"], json!(["13"]));
+}
+
+#[test]
+fn validation_failure_exits_3_with_reason_first_then_node_errors() {
+    let wf = write_wf(
+        json!({"1": {"class_type": "Add", "inputs": {"a": 1}}, "2": {"class_type": "ShowNumber", "inputs": {"value": ["1", 0]}}}),
+    );
+    let o = odelt(&[
+        "run",
+        wf.to_str().unwrap(),
+        "--plugins",
+        test_plugin().to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let first = first_stderr_line(&o);
+    assert!(
+        first.starts_with("error: workflow failed validation"),
+        "{first}"
+    );
+    let rest: String = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body: Value = serde_json::from_str(&rest).expect("node_errors JSON after the first line");
+    assert_eq!(
+        body["node_errors"]["1"]["errors"][0]["type"],
+        "required_input_missing"
+    );
+}
+
+#[test]
+fn bad_json_node_error_and_plugin_errors_have_distinct_codes() {
+    let plugin = test_plugin();
+    let p = plugin.to_str().unwrap();
+    let dir = temp_dir("cli-bad");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"1\": ").unwrap();
+    let o = odelt(&["run", bad.to_str().unwrap(), "--plugins", p, "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        first_stderr_line(&o).starts_with("error: cannot use workflow"),
+        "{}",
+        first_stderr_line(&o)
+    );
+
+    let o = odelt(&[
+        "run",
+        dir.join("absent.json").to_str().unwrap(),
+        "--plugins",
+        p,
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+
+    let wf = write_wf(
+        json!({"1": {"class_type": "Panic", "inputs": {"message": "cli panic"}}, "2": {"class_type": "ShowNumber", "inputs": {"value": ["1", 0]}}}),
+    );
+    let o = odelt(&["run", wf.to_str().unwrap(), "--plugins", p, "-q"]);
+    assert_eq!(o.status.code(), Some(4));
+    let first = first_stderr_line(&o);
+    assert!(
+        first.starts_with("error: node 1 (Panic) failed") && first.contains("cli panic"),
+        "{first}"
+    );
+
+    let o = odelt(&[
+        "run",
+        write_wf(arithmetic()).to_str().unwrap(),
+        "--plugins",
+        dir.join("libmissing.so").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        first_stderr_line(&o).contains("plugin not found"),
+        "{}",
+        first_stderr_line(&o)
+    );
+
+    let o = odelt(&[
+        "run",
+        write_wf(arithmetic()).to_str().unwrap(),
+        "--plugins",
+        lib_path("odelt_old_contract_plugin").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let first = first_stderr_line(&o);
+    assert!(
+        first.contains("0.0.1") && first.contains(odelt_contract::CONTRACT_VERSION),
+        "{first}"
+    );
+
+    let o = odelt(&[
+        "run",
+        write_wf(arithmetic()).to_str().unwrap(),
+        "--plugins",
+        p,
+        "--set",
+        "nonsense",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(first_stderr_line(&o).starts_with("error: --set nonsense"));
+}
+
+#[test]
+fn interrupted_run_exits_130() {
+    // SIGINT to the child while a slow node runs.
+    let wf = write_wf(
+        json!({"1": {"class_type": "SlowCount", "inputs": {"steps": 500, "step_ms": 20}}, "2": {"class_type": "ShowNumber", "inputs": {"value": ["1", 0]}}}),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_odelt"))
+        .args([
+            "run",
+            wf.to_str().unwrap(),
+            "--plugins",
+            test_plugin().to_str().unwrap(),
+            "-q",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    if !kill.map(|s| s.success()).unwrap_or(false) {
+        let _ = child.kill();
+        eprintln!("no `kill` command; skipping the signal part");
+        return;
+    }
+    let started = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        first_stderr_line(&o).starts_with("error: interrupted"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn nodes_prints_object_info_and_help_has_examples() {
+    let o = odelt(&["nodes", "--plugins", test_plugin().to_str().unwrap()]);
+    assert!(o.status.success());
+    let info: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        info["Add"]["python_module"],
+        "custom_nodes.odelt_test_plugin"
+    );
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["nodes", "--help"],
+    ] {
+        let o = odelt(&args);
+        assert!(o.status.success());
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("Examples:"), "{args:?}: {text}");
+    }
+    let o = odelt(&["run"]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+}
