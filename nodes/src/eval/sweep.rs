@@ -38,6 +38,9 @@ pub struct SweepRow {
     pub accuracy: f64,
     /// Wall-clock sampling time per image (milliseconds).
     pub latency_ms: f64,
+    /// Process CPU time (user + system) of sampling per image (milliseconds; from /proc, NaN where unavailable).
+    /// On shared cores this is the steadier latency measure; with one thread it equals the compute time.
+    pub cpu_ms: f64,
     /// Blocks computed per image (T x effective blocks at l): the latency in units of one DiT block.
     pub block_evals: usize,
 }
@@ -46,6 +49,7 @@ pub struct SweepRow {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Calibration {
     pub n: usize,
+    pub n_test: usize,
     pub fd_train_vs_test: f64,
     pub classifier_test_accuracy: f64,
     pub classifier_train_subset_accuracy: f64,
@@ -84,13 +88,16 @@ pub fn evaluate_setting(
     let shape = (cfg.input_size, cfg.input_size, cfg.in_channels);
     let mut pixels: Vec<f32> = Vec::with_capacity(opts.n * shape.0 * shape.1 * shape.2);
     let mut sampling_s = 0.0;
+    let mut cpu_s = 0.0;
     let mut i = 0;
     while i < opts.n {
         let b = opts.batch.min(opts.n - i);
         let noise = indexed_noise(opts.seed, i, b, shape, m.device())?;
         let t0 = Instant::now();
+        let c0 = process_cpu_seconds();
         let x = sample(&m, &noise, &labels[i..i + b], &spec)?;
         sampling_s += t0.elapsed().as_secs_f64();
+        cpu_s += process_cpu_seconds() - c0;
         pixels.extend(x.flatten_all()?.to_vec1::<f32>()?);
         i += b;
     }
@@ -105,8 +112,30 @@ pub fn evaluate_setting(
         fd,
         accuracy: acc,
         latency_ms: 1000.0 * sampling_s / opts.n as f64,
+        cpu_ms: 1000.0 * cpu_s / opts.n as f64,
         block_evals: steps * cfg.resident_blocks(length),
     })
+}
+
+/// CPU time (user + system) used by this process so far, in seconds (Linux `/proc/self/stat`, 100 Hz ticks);
+/// NaN elsewhere.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the full line, i.e. 12 and 13 after the state field (index 0 here).
+    match (
+        f.get(11).and_then(|v| v.parse::<f64>().ok()),
+        f.get(12).and_then(|v| v.parse::<f64>().ok()),
+    ) {
+        (Some(u), Some(st)) => (u + st) / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 /// The table as CSV.
@@ -123,7 +152,7 @@ pub fn to_csv(rows: &[SweepRow]) -> String {
 }
 
 /// The table as markdown: one row per T, for every l the FD, the accuracy and the latency.
-pub fn to_markdown(rows: &[SweepRow], cal: Option<&Calibration>) -> String {
+pub fn to_markdown(rows: &[SweepRow], cal: &[Calibration]) -> String {
     let mut lengths: Vec<usize> = rows.iter().map(|r| r.length).collect();
     lengths.sort_unstable();
     lengths.dedup();
@@ -131,35 +160,37 @@ pub fn to_markdown(rows: &[SweepRow], cal: Option<&Calibration>) -> String {
     let mut steps: Vec<usize> = rows.iter().map(|r| r.steps).collect();
     steps.sort_unstable();
     steps.dedup();
-    let mut s = String::from("| T |");
+    let mut s = String::from("| T | N |");
     for l in &lengths {
-        s.push_str(&format!(" FD l={l} | acc l={l} | ms/img l={l} |"));
+        s.push_str(&format!(" FD l={l} | acc l={l} | cpu ms/img l={l} |"));
     }
-    s.push_str("\n|---|");
+    s.push_str("\n|---|---|");
     for _ in &lengths {
         s.push_str("---|---|---|");
     }
     s.push('\n');
     for t in &steps {
-        s.push_str(&format!("| {t} |"));
+        let n = rows.iter().find(|r| r.steps == *t).map_or(0, |r| r.n);
+        s.push_str(&format!("| {t} | {n} |"));
         for l in &lengths {
             match rows.iter().find(|r| r.length == *l && r.steps == *t) {
                 Some(r) => s.push_str(&format!(
                     " {:.2} | {:.1}% | {:.2} |",
                     r.fd,
                     100.0 * r.accuracy,
-                    r.latency_ms
+                    r.cpu_ms
                 )),
                 None => s.push_str(" – | – | – |"),
             }
         }
         s.push('\n');
     }
-    if let Some(c) = cal {
+    for c in cal {
         s.push_str(&format!(
-            "\nReal vs real (calibration): FD(train {} images vs test 10k) = {:.3}; classifier accuracy: test {:.1}%, \
-             that train subset {:.1}%.\n",
+            "\nReal vs real (calibration): FD(train {} images vs test {} images) = {:.3}; classifier accuracy: \
+             test {:.1}%, that train subset {:.1}%.\n",
             c.n,
+            c.n_test,
             c.fd_train_vs_test,
             100.0 * c.classifier_test_accuracy,
             100.0 * c.classifier_train_subset_accuracy
@@ -181,14 +212,14 @@ pub fn plot(rows: &[SweepRow], title: &str, real_fd: Option<f64>) -> LinePlot {
             rs.sort_by_key(|r| r.steps);
             Series {
                 label: format!("l={l}"),
-                points: rs.iter().map(|r| (r.latency_ms, r.fd)).collect(),
+                points: rs.iter().map(|r| (r.cpu_ms, r.fd)).collect(),
                 point_labels: rs.iter().map(|r| format!("{}", r.steps)).collect(),
             }
         })
         .collect();
     LinePlot {
         title: title.to_string(),
-        x_label: "latency, ms per image (log scale); points labelled with T".into(),
+        x_label: "latency: CPU ms per image (log scale), points labelled with T".into(),
         y_label: "FD".into(),
         log_x: true,
         series,
@@ -210,6 +241,7 @@ mod tests {
             fd,
             accuracy: 0.5,
             latency_ms: t as f64 * l as f64,
+            cpu_ms: t as f64 * l as f64,
             block_evals: t * l,
         }
     }
@@ -222,10 +254,10 @@ mod tests {
             row(4, 1, 8.0),
             row(4, 4, 3.0),
         ];
-        let md = to_markdown(&rows, None);
+        let md = to_markdown(&rows, &[]);
         assert!(md.contains("FD l=4"));
         assert_eq!(md.lines().count(), 4);
-        assert!(md.contains("| 4 | 3.00 | 50.0% | 16.00 | 5.00 |"));
+        assert!(md.contains("| 4 | 10 | 3.00 | 50.0% | 16.00 | 5.00 |"));
         assert_eq!(to_csv(&rows).lines().count(), 5);
         let p = plot(&rows, "t", Some(1.0));
         assert_eq!(p.series.len(), 2);
