@@ -38,6 +38,7 @@ pub mod events;
 pub mod executor;
 pub mod loader;
 pub mod prompt;
+pub mod serve;
 pub mod validate;
 
 pub use batch::{Batch, BatchItem, BatchResult, BatchRunError, Workflow, WorkflowError};

@@ -3,6 +3,7 @@
 mod nodes;
 mod progress;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,11 @@ enum Command {
         after_help = "Examples:\n  odelt nodes\n  odelt nodes --plugins target/release/libodelt_test_plugin.so | jq 'keys'"
     )]
     Nodes(nodes::NodesArgs),
+    /// Serve the ComfyUI HTTP/WebSocket API and the built-in editor.
+    #[command(
+        after_help = "Examples:\n  odelt serve\n  odelt serve --listen 127.0.0.1:8188 --plugins target/release/libodelt_plugin.so --models-dir ~/models --output-dir out\n\nOpen http://127.0.0.1:8188/ for the editor; ComfyUI clients use the same address."
+    )]
+    Serve(serve::ServeArgs),
 }
 
 /// Where plugins come from (shared by subcommands).
@@ -98,5 +104,6 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(a) => run::run(a),
         Command::Nodes(a) => nodes::nodes(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }
