@@ -522,6 +522,28 @@ fn check_node(
         }
     }
     if info.odelt.validates_inputs {
+        // Linked inputs are described with their upstream nodes (see `link_context`).
+        let mut budget = LINK_CONTEXT_BUDGET;
+        for (name, _, _) in declared(info) {
+            if let Some(InputValue::Link {
+                node: src_id,
+                output,
+            }) = node.input(name)
+            {
+                let v = match prompt.position(src_id) {
+                    Some(src) => link_context(
+                        prompt,
+                        plugins,
+                        src,
+                        *output,
+                        LINK_CONTEXT_DEPTH,
+                        &mut budget,
+                    ),
+                    None => json!({ "$link": [src_id, output] }),
+                };
+                literals.insert(name.to_string(), v);
+            }
+        }
         match plugins.plugins()[plugin].validate(&node.class_type, &literals) {
             Ok(issues) => {
                 for issue in issues {
@@ -548,6 +570,58 @@ fn check_node(
         }
     }
     Checked { errors, inputs }
+}
+
+/// How many levels of upstream nodes a validate hook sees through a linked input.
+pub const LINK_CONTEXT_DEPTH: usize = 16;
+/// At most this many link objects are built for one validate call (DAGs can fan in).
+pub const LINK_CONTEXT_BUDGET: usize = 4096;
+
+/// Describes output `output` of node `src` for a validate hook:
+/// `{"$link": [id, output], "class_type", "output_type", "inputs": {...}}` where `inputs`
+/// holds the upstream node's literal inputs (converted like the node's own) and, for its
+/// linked inputs, the same kind of object, `depth` levels deep. When the depth or the budget
+/// runs out, `inputs` is replaced by `"truncated": true`.
+fn link_context(
+    prompt: &Prompt,
+    plugins: &PluginSet,
+    src: usize,
+    output: usize,
+    depth: usize,
+    budget: &mut usize,
+) -> Json {
+    let node = &prompt.nodes()[src];
+    let mut o = Map::new();
+    o.insert("$link".into(), json!([node.id, output]));
+    o.insert("class_type".into(), json!(node.class_type));
+    let info = plugins.node(&node.class_type).map(|e| e.info.clone());
+    if let Some(t) = info.as_ref().and_then(|i| i.output.get(output)) {
+        o.insert("output_type".into(), json!(t));
+    }
+    if depth == 0 || *budget == 0 {
+        o.insert("truncated".into(), Json::Bool(true));
+        return Json::Object(o);
+    }
+    *budget -= 1;
+    let mut inputs = Map::new();
+    if let Some(info) = &info {
+        for (name, spec, _) in declared(info) {
+            let v = match node.input(name) {
+                None => continue,
+                Some(InputValue::Literal(v)) => check_literal(name, spec, v)
+                    .map(|(_, c)| c)
+                    .unwrap_or_else(|_| v.clone()),
+                Some(InputValue::BadLink(v)) => v.clone(),
+                Some(InputValue::Link { node: id, output }) => match prompt.position(id) {
+                    Some(p) => link_context(prompt, plugins, p, *output, depth - 1, budget),
+                    None => json!({ "$link": [id, output] }),
+                },
+            };
+            inputs.insert(name.to_string(), v);
+        }
+    }
+    o.insert("inputs".into(), Json::Object(inputs));
+    Json::Object(o)
 }
 
 /// Checks and converts a literal for `spec`; the error is a ComfyUI error object.

@@ -328,3 +328,71 @@ fn seeds_up_to_u64_max_where_declared() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn validate_hooks_see_linked_inputs_with_their_upstream_nodes() {
+    // EvenOnly refuses an odd IntConstant feeding it through a link.
+    let e = node_error(
+        json!({"1": {"class_type": "IntConstant", "inputs": {"value": 5}},
+               "2": {"class_type": "EvenOnly", "inputs": {"value": ["1", 0]}}, "3": show("2")}),
+        "2",
+        "custom_validation_failed",
+    );
+    assert!(
+        e["details"]
+            .as_str()
+            .unwrap()
+            .contains("5 is odd (from IntConstant)"),
+        "{e}"
+    );
+
+    // The exact structure, through ValidateEcho (which echoes what its hook received).
+    let (v, _) = failure(json!({
+        "1": {"class_type": "IntConstant", "inputs": {"value": 3.0}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 4}},
+        "3": {"class_type": "ValidateEcho", "inputs": {"value": ["2", 0], "number": 7}}
+    }));
+    let details = v.node_errors["3"]["errors"][0]["details"].as_str().unwrap();
+    let seen: Value = serde_json::from_str(details).unwrap();
+    assert_eq!(seen["number"], 7);
+    assert_eq!(
+        seen["value"],
+        json!({"$link": ["2", 0], "class_type": "Add", "output_type": "INT", "inputs": {
+            "a": {"$link": ["1", 0], "class_type": "IntConstant", "output_type": "INT", "inputs": {"value": 3}},
+            "b": 4}})
+    );
+}
+
+#[test]
+fn validate_hook_link_context_is_depth_limited() {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "0".into(),
+        json!({"class_type": "IntConstant", "inputs": {"value": 1}}),
+    );
+    for i in 1..40 {
+        m.insert(
+            i.to_string(),
+            json!({"class_type": "Add", "inputs": {"a": [(i - 1).to_string(), 0], "b": 1}}),
+        );
+    }
+    m.insert(
+        "echo".into(),
+        json!({"class_type": "ValidateEcho", "inputs": {"value": ["39", 0]}}),
+    );
+    let (v, _) = failure(Value::Object(m));
+    let seen: Value = serde_json::from_str(
+        v.node_errors["echo"]["errors"][0]["details"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut cur = &seen["value"];
+    let mut depth = 0;
+    while cur.get("inputs").is_some() {
+        cur = &cur["inputs"]["a"];
+        depth += 1;
+    }
+    assert_eq!(depth, odelt_host::validate::LINK_CONTEXT_DEPTH);
+    assert_eq!(cur["truncated"], true);
+}

@@ -15,7 +15,8 @@
 //!   assigned device, and host information (node id, prompt JSON, `extra_pnginfo`, output,
 //!   temp and models directories);
 //! - results: [`NodeOutput`] (values + optional UI JSON) or [`NodeError`];
-//! - node-specific validation of literal inputs ([`ValidationIssue`]).
+//! - node-specific validation of inputs before anything runs ([`ValidationIssue`]; linked
+//!   inputs are described with their upstream nodes, see [`LinkedInput`]).
 //!
 //! No candle (or other tensor library) type crosses; GPU memory stays inside the plugin.
 //!
@@ -110,7 +111,9 @@ pub use descriptor::{
     OdeltFlags, DEFAULT_PYTHON_MODULE,
 };
 pub use error::{ErrorKind, NodeError, ValidationIssue};
-pub use plugin::{catch_panic, install_quiet_panic_hook, Inputs, NodeRegistry};
+pub use plugin::{
+    catch_panic, install_quiet_panic_hook, linked_input, Inputs, LinkedInput, NodeRegistry,
+};
 pub use root_module::{NodeOutput, PluginInfo, PluginMod, PluginMod_Ref, CONTRACT_VERSION};
 pub use value::{DType, Handle, NamedValue, OpaqueBox, OpaqueObject, TensorBuf, Value};
 

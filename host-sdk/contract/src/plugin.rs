@@ -220,6 +220,64 @@ impl<'a> Inputs<'a> {
     }
 }
 
+/// A linked input as the host describes it to a validate hook (see
+/// [`NodeRegistry::node_with_validation`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LinkedInput<'a> {
+    /// The upstream node's id.
+    pub node_id: &'a str,
+    /// The output slot of the upstream node.
+    pub output: u64,
+    /// The upstream node's class (empty if the linked node does not exist).
+    pub class_type: &'a str,
+    /// The type of that output, if known.
+    pub output_type: Option<&'a str>,
+    /// The upstream node's inputs (literals and nested links); `None` when truncated.
+    pub inputs: Option<&'a Map<String, Json>>,
+}
+
+impl<'a> LinkedInput<'a> {
+    /// Reads a link object (`{"$link": [id, out], ...}`).
+    pub fn from_json(v: &'a Json) -> Option<Self> {
+        let o = v.as_object()?;
+        let link = o.get("$link")?.as_array()?;
+        Some(LinkedInput {
+            node_id: link.first()?.as_str()?,
+            output: link.get(1)?.as_u64()?,
+            class_type: o.get("class_type").and_then(Json::as_str).unwrap_or(""),
+            output_type: o.get("output_type").and_then(Json::as_str),
+            inputs: o.get("inputs").and_then(Json::as_object),
+        })
+    }
+
+    /// A literal input of the upstream node.
+    pub fn literal(&self, name: &str) -> Option<&'a Json> {
+        self.inputs?
+            .get(name)
+            .filter(|v| LinkedInput::from_json(v).is_none())
+    }
+
+    /// The nearest node of class `class_type` upstream of (or at) this link, searching
+    /// breadth-first through the nested links.
+    pub fn find_upstream(&self, class_type: &str) -> Option<LinkedInput<'a>> {
+        let mut queue = std::collections::VecDeque::from([*self]);
+        while let Some(l) = queue.pop_front() {
+            if l.class_type == class_type {
+                return Some(l);
+            }
+            if let Some(inputs) = l.inputs {
+                queue.extend(inputs.values().filter_map(LinkedInput::from_json));
+            }
+        }
+        None
+    }
+}
+
+/// Input `name` of a validate hook's map, if it is linked.
+pub fn linked_input<'a>(inputs: &'a Map<String, Json>, name: &str) -> Option<LinkedInput<'a>> {
+    inputs.get(name).and_then(LinkedInput::from_json)
+}
+
 /// The function that runs a node.
 pub type RunFn =
     dyn Fn(&Inputs<'_>, &ExecContext<'_>) -> Result<NodeOutput, NodeError> + Send + Sync;
@@ -272,9 +330,16 @@ impl NodeRegistry {
         self.push(info, Box::new(run), None)
     }
 
-    /// Adds a node with its own input validation, called by the host before anything runs
-    /// with the literal inputs; each returned issue becomes a `custom_validation_failed`
-    /// error for that input.
+    /// Adds a node with its own input validation, called by the host before anything runs;
+    /// each returned issue becomes a `custom_validation_failed` error for that input.
+    ///
+    /// The map holds every given input of the node: literal inputs as their (checked,
+    /// converted) JSON values, and linked inputs as objects describing the upstream node:
+    /// `{"$link": [src_id, out_index], "class_type": "...", "output_type": "...", "inputs":
+    /// {...}}`, where `inputs` is the upstream node's own map built the same way (up to 16
+    /// levels; deeper, or past 4096 link objects, `"truncated": true` replaces `inputs`).
+    /// Read them with [`linked_input`] and [`LinkedInput::find_upstream`]; ignore them if
+    /// the node only cares about its literals.
     pub fn node_with_validation<F, V>(&mut self, info: NodeInfo, run: F, validate: V) -> &mut Self
     where
         F: Fn(&Inputs<'_>, &ExecContext<'_>) -> Result<NodeOutput, NodeError>
@@ -547,6 +612,31 @@ mod tests {
         let info = r.object_info();
         assert_eq!(info["Boom"]["odelt"]["validates_inputs"], Json::Bool(true));
         assert!(info["Add"].get("odelt").is_none());
+    }
+
+    #[test]
+    fn linked_inputs_are_read_and_searched() {
+        let m: Map<String, Json> = serde_json::from_value(serde_json::json!({
+            "n": 3,
+            "model": {"$link": ["5", 0], "class_type": "Patch", "output_type": "MODEL", "inputs": {
+                "strength": 0.5,
+                "model": {"$link": ["4", 0], "class_type": "Loader", "inputs": {"file": "a.safetensors"}}}}
+        }))
+        .unwrap();
+        assert!(linked_input(&m, "n").is_none());
+        let l = linked_input(&m, "model").unwrap();
+        assert_eq!(
+            (l.node_id, l.output, l.class_type, l.output_type),
+            ("5", 0, "Patch", Some("MODEL"))
+        );
+        assert_eq!(l.literal("strength"), Some(&serde_json::json!(0.5)));
+        assert!(l.literal("model").is_none());
+        let loader = l.find_upstream("Loader").unwrap();
+        assert_eq!(
+            loader.literal("file").and_then(Json::as_str),
+            Some("a.safetensors")
+        );
+        assert!(l.find_upstream("Nope").is_none());
     }
 
     #[test]

@@ -96,8 +96,10 @@ pub struct PluginMod {
     pub plugin_info: extern "C" fn() -> PluginInfo,
     /// The JSON object `{class_type: NodeInfo}` — exactly what `/object_info` serves.
     pub node_descriptors: extern "C" fn() -> RResult<RString, NodeError>,
-    /// Node-specific validation of literal inputs (a JSON object `{input: value}` with linked
-    /// inputs left out), run by the host before anything executes. Returns the problems
+    /// Node-specific validation, run by the host before anything executes, with a JSON
+    /// object of the node's inputs: literals as values, linked inputs as
+    /// `{"$link": [id, out], "class_type", "output_type", "inputs": {...}}` objects describing
+    /// the upstream nodes (see `NodeRegistry::node_with_validation`). Returns the problems
     /// found (empty = fine).
     pub validate: extern "C" fn(
         class_type: RStr<'_>,

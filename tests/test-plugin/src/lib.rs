@@ -11,8 +11,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use odelt_contract::{
-    export_plugin, DType, ExecContext, Handle, InputSpec, NodeError, NodeInfo, NodeOutput,
-    NodeRegistry, PreviewImage, TensorBuf, ValidationIssue, Value,
+    export_plugin, linked_input, DType, ExecContext, Handle, InputSpec, NodeError, NodeInfo,
+    NodeOutput, NodeRegistry, PreviewImage, TensorBuf, ValidationIssue, Value,
 };
 
 const CATEGORY: &str = "odelt-test";
@@ -128,10 +128,32 @@ fn arithmetic(r: &mut NodeRegistry) {
             .required("value", InputSpec::int())
             .output("INT", "INT"),
         |i, _| Ok(NodeOutput::new().with(i.int("value")?)),
-        |literals| match literals.get("value").and_then(|v| v.as_i64()) {
-            Some(v) if v % 2 != 0 => vec![ValidationIssue::new("value", format!("{v} is odd"))],
-            _ => Vec::new(),
+        |inputs| {
+            // A literal, or a link straight from an IntConstant whose literal we can see.
+            let (v, from) = match linked_input(inputs, "value") {
+                Some(l) if l.class_type == "IntConstant" => (
+                    l.literal("value").and_then(|v| v.as_i64()),
+                    " (from IntConstant)",
+                ),
+                Some(_) => (None, ""),
+                None => (inputs.get("value").and_then(|v| v.as_i64()), ""),
+            };
+            match v {
+                Some(v) if v % 2 != 0 => {
+                    vec![ValidationIssue::new("value", format!("{v} is odd{from}"))]
+                }
+                _ => Vec::new(),
+            }
         },
+    );
+    r.node_with_validation(
+        node("ValidateEcho")
+            .description("Always refused: its validate hook returns the JSON map it received (to test what hooks see).")
+            .optional("value", InputSpec::new("*"))
+            .optional("number", InputSpec::int())
+            .output_node(),
+        |_, _| Ok(NodeOutput::new()),
+        |inputs| vec![ValidationIssue::new("", serde_json::Value::Object(inputs.clone()).to_string())],
     );
 }
 
