@@ -362,3 +362,100 @@ pub fn inspect_config(models_dir: &Path, opts: &LoaderOptions) -> Result<Option<
     }
     Ok(Some(cfg))
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// A small pixel-space configuration (lengths 2, 4, 6).
+    pub(crate) fn small_config() -> DitConfig {
+        DitConfig {
+            input_size: 8,
+            in_channels: 1,
+            patch_size: 2,
+            hidden_size: 16,
+            depth: 6,
+            num_heads: 2,
+            mlp_hidden: 32,
+            num_classes: 3,
+            depth_group: 2,
+            depth_min: 2,
+            length_embedding: true,
+            latent_scale: 1.0,
+        }
+    }
+
+    /// Writes a checkpoint of `cfg` with bounded synthetic weights into a fresh models dir named by `tag`.
+    pub(crate) fn models_dir_with(tag: &str, name: &str, cfg: &DitConfig) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("odelt-pipeline-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let tensors: Vec<(String, Tensor)> = crate::params::param_specs(cfg, cfg.depth)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n: usize = s.shape.iter().product();
+                let v: Vec<f32> = (0..n)
+                    .map(|k| 0.1 * ((k + 3 * i) as f32 * 0.37).sin())
+                    .collect();
+                (
+                    s.name,
+                    Tensor::from_vec(v, s.shape.as_slice(), &Device::Cpu).unwrap(),
+                )
+            })
+            .collect();
+        crate::checkpoint::safetensors_format::save(&d.join(name), cfg, &tensors, &[]).unwrap();
+        d
+    }
+
+    #[test]
+    fn memory_follows_the_longest_length_sampled() {
+        let cfg = small_config();
+        let dir = models_dir_with("lengths", "m.safetensors", &cfg);
+        let ck = LoadedCheckpoint::open(&dir, &LoaderOptions::named("m.safetensors")).unwrap();
+        let full = ModelHandle::new(ck.clone(), Precision::Fp32);
+        assert_eq!(full.length, 6);
+        let short = full.with_length(2).unwrap();
+        assert!(
+            Arc::ptr_eq(&short.inner, &full.inner),
+            "patching shares the checkpoint"
+        );
+        assert_eq!(short.dit("cpu").unwrap().resident_blocks(), 2);
+        assert_eq!(ck.built_blocks("cpu", Precision::Fp32), Some(2));
+        let four = full.with_length(4).unwrap().dit("cpu").unwrap();
+        assert_eq!((four.length(), four.resident_blocks()), (4, 4));
+        // A shorter length reuses the longer model already built.
+        let two = short.dit("cpu").unwrap();
+        assert_eq!((two.length(), two.resident_blocks()), (2, 4));
+        assert_eq!(ck.built_count(), 1);
+        assert_eq!(free_built_models_of(&ck), 0);
+        assert!(full
+            .with_length(3)
+            .unwrap_err()
+            .to_string()
+            .contains("grid"));
+        assert!(full
+            .with_length(8)
+            .unwrap_err()
+            .to_string()
+            .contains("beyond"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn free_built_models_of(ck: &LoadedCheckpoint) -> usize {
+        free_built_models();
+        ck.built_count()
+    }
+
+    #[test]
+    fn inspects_without_loading_and_reports_missing_files() {
+        let cfg = small_config();
+        let dir = models_dir_with("inspect", "m.safetensors", &cfg);
+        let got = inspect_config(&dir, &LoaderOptions::named("m.safetensors")).unwrap();
+        assert_eq!(got, Some(cfg));
+        let e = inspect_config(&dir, &LoaderOptions::named("nope.safetensors")).unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -69,9 +69,9 @@ pub fn parse_class_labels(s: &str) -> Result<Vec<i64>> {
         .collect()
 }
 
-/// Checks one class id against the model (-1 and `num_classes` mean unconditional).
+/// Checks one class id against the model: `-1` (unconditional) or `0..num_classes`.
 pub fn check_class_label(label: i64, num_classes: usize) -> Result<()> {
-    if label < -1 || label > num_classes as i64 {
+    if label < -1 || label >= num_classes as i64 {
         return Err(Error::invalid(format!(
             "class label {label} is outside the model's classes 0..{} (-1 = unconditional)",
             num_classes.saturating_sub(1)

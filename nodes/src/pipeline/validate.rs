@@ -462,3 +462,98 @@ pub fn load_latent(map: &Map<String, Value>) -> Vec<Issue> {
         Err(e) => vec![Issue::new("latent", e.to_string())],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::model::tests::{models_dir_with, small_config};
+    use serde_json::json;
+
+    fn loader(dir: &Path, name: &str) -> Value {
+        json!({"$link": ["1", 0], "class_type": class::LOADER, "inputs": {
+            "$context": {"models_dir": dir},
+            "ckpt_name": name, "weights": "params", "preset": "auto", "num_heads": 0, "depth_group": 0,
+            "depth_min": 0, "input_size": 0, "latent_scale": 0.0, "precision": "fp32"}})
+    }
+
+    fn with_ctx(dir: &Path, v: Value) -> Map<String, Value> {
+        let mut m = v.as_object().unwrap().clone();
+        m.insert("$context".into(), json!({"models_dir": dir}));
+        m
+    }
+
+    #[test]
+    fn follows_links_to_the_loader() {
+        let dir = models_dir_with("validate", "m.safetensors", &small_config());
+        let m = with_ctx(
+            &dir,
+            json!({"model": loader(&dir, "m.safetensors"), "active_blocks": 3}),
+        );
+        let issues = depth_selector(&m);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].input, "active_blocks");
+        assert!(issues[0].message.contains("grid"));
+        let m = with_ctx(
+            &dir,
+            json!({"model": loader(&dir, "m.safetensors"), "active_blocks": 4}),
+        );
+        assert!(depth_selector(&m).is_empty());
+        let m = with_ctx(
+            &dir,
+            json!({"model": loader(&dir, "m.safetensors"), "active_blocks": 0}),
+        );
+        assert!(depth_selector(&m).is_empty());
+        // Unknown upstream (a plain link) skips the check.
+        let m = with_ctx(&dir, json!({"model": ["1", 0], "active_blocks": 3}));
+        assert!(depth_selector(&m).is_empty());
+
+        let selector = json!({"$link": ["2", 0], "class_type": class::DEPTH,
+                              "inputs": {"model": loader(&dir, "m.safetensors"), "active_blocks": 2}});
+        let empty = json!({"$link": ["3", 0], "class_type": class::EMPTY_LATENT,
+                           "inputs": {"model": selector.clone(), "batch_size": 2}});
+        let m = with_ctx(
+            &dir,
+            json!({"model": selector, "latent_image": empty, "steps": 0,
+                                      "class_label": 3, "class_labels": "", "solver": "euler"}),
+        );
+        let issues = sampler(&m);
+        let inputs: Vec<&str> = issues.iter().map(|i| i.input.as_str()).collect();
+        assert_eq!(inputs, ["steps", "class_label"], "{issues:?}");
+
+        let sampler_link = json!({"$link": ["4", 0], "class_type": class::SAMPLER,
+                                  "inputs": {"model": loader(&dir, "m.safetensors")}});
+        let m = with_ctx(&dir, json!({"samples": sampler_link.clone()}));
+        assert!(decode(&m).is_empty(), "pixel models decode without a VAE");
+        let m = with_ctx(
+            &dir,
+            json!({"samples": sampler_link, "vae": {"$link": ["5", 0],
+            "class_type": class::VAE_LOADER, "inputs": {"vae_name": "missing.safetensors"}}}),
+        );
+        assert!(
+            decode(&m).is_empty(),
+            "an unreadable VAE is the loader's problem"
+        );
+
+        let m = with_ctx(&dir, json!({"ckpt_name": "../m.safetensors"}));
+        assert_eq!(checkpoint_loader(&m)[0].input, "ckpt_name");
+        let m = with_ctx(
+            &dir,
+            json!({"ckpt_name": "m.safetensors", "preset": "dit-xl"}),
+        );
+        assert!(
+            checkpoint_loader(&m)[0].message.contains("preset"),
+            "a contradicting preset"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn save_prefix_and_latent_names() {
+        let m = json!({"filename_prefix": "../x"});
+        assert_eq!(save_prefix(m.as_object().unwrap()).len(), 1);
+        let m = json!({"filename_prefix": "a/b"});
+        assert!(save_prefix(m.as_object().unwrap()).is_empty());
+        assert!(resolve_latent_file(None, "../x.latent").is_err());
+        assert!(resolve_latent_file(None, "/definitely/not/here.latent").is_err());
+    }
+}
