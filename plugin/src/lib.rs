@@ -39,3 +39,80 @@ pub fn nodes() -> NodeRegistry {
 }
 
 odelt_contract::export_plugin!(nodes);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use odelt_contract::abi_stable::std_types::RStr;
+    use odelt_contract::{ExecContext, NamedValue, TensorBuf, Value};
+
+    #[test]
+    fn registers_every_node_with_tooltips() {
+        let r = nodes();
+        let info = r.object_info();
+        let names: Vec<&String> = info.as_object().unwrap().keys().collect();
+        assert_eq!(names.len(), 10, "{names:?}");
+        for (class, n) in info.as_object().unwrap() {
+            for section in ["required", "optional"] {
+                if let Some(m) = n["input"][section].as_object() {
+                    for (input, spec) in m {
+                        assert!(
+                            spec[1]["tooltip"].as_str().is_some_and(|t| !t.is_empty()),
+                            "{class}.{input} has no tooltip"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_pixels_and_saves_pngs_without_a_host() {
+        let r = nodes();
+        let ctx = ExecContext::detached();
+        let samples = TensorBuf::from_f32(&[1, 1, 2, 2], &[-1.0, 0.0, 0.5, 1.0]).unwrap();
+        let out = r
+            .execute("ODEtDecode", &[NamedValue::new("samples", samples)], &ctx)
+            .unwrap();
+        let Value::Tensor(img) = &out.values[0] else {
+            panic!("IMAGE is a tensor")
+        };
+        assert_eq!(img.dims(), vec![1, 2, 2, 3]);
+        assert_eq!(img.f32_values().unwrap()[3..6], [0.5, 0.5, 0.5]);
+
+        let dir = std::env::temp_dir().join(format!("odelt-plugin-save-{}", std::process::id()));
+        let dir_s = dir.display().to_string();
+        let mut ctx = ExecContext::detached();
+        ctx.output_dir = RStr::from_str(&dir_s);
+        ctx.prompt_json = RStr::from_str(r#"{"9":{"class_type":"SaveImage","inputs":{}}}"#);
+        let out = r
+            .execute(
+                "SaveImage",
+                &[
+                    NamedValue::new("images", Value::Tensor(img.clone())),
+                    NamedValue::new("filename_prefix", "unit/x"),
+                ],
+                &ctx,
+            )
+            .unwrap();
+        let ui: serde_json::Value =
+            serde_json::from_str(out.ui.clone().into_option().unwrap().as_str()).unwrap();
+        assert_eq!(ui["images"][0]["filename"], "x_00001_.png");
+        assert_eq!(ui["images"][0]["subfolder"], "unit");
+        let bytes = std::fs::read(dir.join("unit/x_00001_.png")).unwrap();
+        assert!(bytes.windows(6).any(|w| w == b"prompt"));
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let e = r
+            .execute(
+                "ODEtDecode",
+                &[NamedValue::new(
+                    "samples",
+                    TensorBuf::zeros(odelt_contract::DType::F32, &[1, 4, 2, 2]).unwrap(),
+                )],
+                &ExecContext::detached(),
+            )
+            .unwrap_err();
+        assert!(e.message.contains("VAE"), "{e}");
+    }
+}
