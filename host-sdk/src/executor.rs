@@ -210,6 +210,10 @@ pub fn new_prompt_id() -> String {
     )
 }
 
+/// Stack size of worker threads (plugin code such as tensor libraries may need more than
+/// the 2 MiB default).
+const WORKER_STACK_BYTES: usize = 8 << 20;
+
 struct Job {
     node: usize,
     inputs: Vec<NamedValue>,
@@ -496,7 +500,6 @@ impl Executor {
         let mut failure: Option<(usize, NodeError)> = None;
         let mut interrupted_at: Option<usize> = None;
         let mut in_flight = 0usize;
-        let mut running: Vec<bool> = vec![false; n];
 
         std::thread::scope(|scope| {
             let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
@@ -531,20 +534,30 @@ impl Executor {
                     while let Some(i) = ready.pop_front() {
                         if workers < max_workers && workers < in_flight + 1 {
                             let (rx, tx) = (job_rx.clone(), done_tx.clone());
-                            scope.spawn(move || {
-                                for job in rx.iter() {
-                                    let done = self.invoke(plan, run, job.node, job.inputs);
-                                    if tx.send(done).is_err() {
-                                        break;
+                            let spawned = std::thread::Builder::new()
+                                .name(format!("odelt-worker-{workers}"))
+                                .stack_size(WORKER_STACK_BYTES)
+                                .spawn_scoped(scope, move || {
+                                    for job in rx.iter() {
+                                        let done = self.invoke(plan, run, job.node, job.inputs);
+                                        if tx.send(done).is_err() {
+                                            break;
+                                        }
                                     }
-                                }
-                            });
-                            workers += 1;
+                                });
+                            // Without a new thread the existing workers drain the queue.
+                            if spawned.is_ok() {
+                                workers += 1;
+                            }
                         }
                         let inputs = gather_inputs(&plan.nodes[i], &results);
-                        running[i] = true;
                         in_flight += 1;
-                        let _ = job_tx.send(Job { node: i, inputs });
+                        if workers == 0 {
+                            // No thread could be started: run it here.
+                            let _ = done_tx.send(self.invoke(plan, run, i, inputs));
+                        } else {
+                            let _ = job_tx.send(Job { node: i, inputs });
+                        }
                     }
                 }
                 if in_flight == 0 {
@@ -556,7 +569,6 @@ impl Executor {
                 };
                 in_flight -= 1;
                 let i = done.node;
-                running[i] = false;
                 let stopped = self.complete(
                     plan,
                     run,

@@ -177,7 +177,7 @@ fn interrupted_run_exits_130() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
