@@ -9,6 +9,7 @@
 //! - [`params`]: where weights come from (Flax names and layouts), loaded only for the blocks a length needs.
 //! - [`checkpoint`]: the official pickle checkpoints (safe reader) and the project's safetensors format.
 //! - [`solver`]: ODE_t solvers (Euler, Heun, Dopri5) and classifier-free guidance.
+//! - [`sample`]: seeded noise, labels, img2img starts and one-call sampling.
 
 pub mod checkpoint;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod model;
 pub mod params;
 pub mod pipeline;
+pub mod sample;
 pub mod solver;
 pub mod train;
 pub mod data;
