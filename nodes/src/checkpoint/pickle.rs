@@ -39,7 +39,10 @@
 //!   before anything is allocated; byte and string payloads, array data included, are borrowed from the input and
 //!   never copied;
 //! - the value stack, the MARK depth, the memo, the number of objects, nesting depth and the size of the final tree
-//!   are capped ([`Limits`]); bytes the reader must create itself (`_codecs.encode`) are capped by the input length;
+//!   are capped ([`Limits`]); each opcode creates at most one small (≤ 32-byte) object and one 24-byte slot, so the
+//!   reader's own memory is a small multiple of the input length; bytes it must create itself (`_codecs.encode`),
+//!   container copies made by calls and shared sub-trees expanded into the final [`Value`] are capped by the input
+//!   length too (a "billion laughs" pickle is an error, not an out-of-memory);
 //! - every index and length read from the file is checked; there is no unchecked indexing, `unwrap` or `expect`
 //!   on input-derived data.
 //!
@@ -722,8 +725,8 @@ impl Default for Limits {
         Limits {
             max_stack: 1 << 20,
             max_marks: 1000,
-            max_memo: 1 << 22,
-            max_objects: 1 << 24,
+            max_memo: 1 << 20,
+            max_objects: 1 << 22,
             max_depth: 500,
             max_nodes: 1 << 24,
         }
@@ -983,9 +986,9 @@ enum Obj<'a> {
     Dict(Vec<(Item<'a>, Item<'a>)>),
     Set(Vec<Item<'a>>),
     OwnedBytes(Vec<u8>),
-    Global(Global),
-    Object(ObjectObj<'a>),
-    Array(ArrayObj<'a>),
+    Global(Box<Global>),
+    Object(Box<ObjectObj<'a>>),
+    Array(Box<ArrayObj<'a>>),
     Dtype(NpDtype),
 }
 
@@ -1534,7 +1537,7 @@ impl<'a, 'l> Vm<'a, 'l> {
                 let module = self.line()?;
                 let name = self.line()?;
                 let g = classify_global(module, name)?;
-                let it = self.alloc(Obj::Global(g))?;
+                let it = self.alloc(Obj::Global(Box::new(g)))?;
                 self.push(it)?
             }
             STACK_GLOBAL => {
@@ -1544,7 +1547,7 @@ impl<'a, 'l> Vm<'a, 'l> {
                     return Err(wrong("two strings (module, name)", self.item_type(module)));
                 };
                 let g = classify_global(module, name)?;
-                let it = self.alloc(Obj::Global(g))?;
+                let it = self.alloc(Obj::Global(Box::new(g)))?;
                 self.push(it)?
             }
             REDUCE => {
@@ -1699,7 +1702,7 @@ impl<'a, 'l> Vm<'a, 'l> {
                         format!("expected 3 arguments, got {}", args.len()),
                     ));
                 }
-                self.alloc(Obj::Array(ArrayObj {
+                self.alloc(Obj::Array(Box::new(ArrayObj {
                     dtype: NpDtype {
                         elem: ElemType::I8,
                         big_endian: false,
@@ -1708,7 +1711,7 @@ impl<'a, 'l> Vm<'a, 'l> {
                     fortran: false,
                     scalar: false,
                     data: Data::Borrowed(&[]),
-                }))
+                })))
             }
             Known::DtypeType => {
                 // dtype(obj, align, copy)
@@ -1766,7 +1769,7 @@ impl<'a, 'l> Vm<'a, 'l> {
                     data,
                 };
                 self.check_array(&arr)?;
-                self.alloc(Obj::Array(arr))
+                self.alloc(Obj::Array(Box::new(arr)))
             }
             Known::FromBuffer => {
                 // _frombuffer(buffer, dtype, shape, order)
@@ -1797,7 +1800,7 @@ impl<'a, 'l> Vm<'a, 'l> {
                     data,
                 };
                 self.check_array(&arr)?;
-                self.alloc(Obj::Array(arr))
+                self.alloc(Obj::Array(Box::new(arr)))
             }
             Known::DictLike | Known::FrozenDict => {
                 let mut entries = Vec::new();
@@ -1906,19 +1909,19 @@ impl<'a, 'l> Vm<'a, 'l> {
                     Some(Item::None) | None => Vec::new(),
                     Some(&s) => vec![s],
                 };
-                self.alloc(Obj::Object(ObjectObj {
+                self.alloc(Obj::Object(Box::new(ObjectObj {
                     global: ci,
                     args: state_arg,
                     kwargs: Vec::new(),
                     state: None,
-                }))
+                })))
             }
-            Known::Unknown { class_like: true } => self.alloc(Obj::Object(ObjectObj {
+            Known::Unknown { class_like: true } => self.alloc(Obj::Object(Box::new(ObjectObj {
                 global: gi,
                 args,
                 kwargs: Vec::new(),
                 state: None,
-            })),
+            }))),
             Known::Unknown { class_like: false } => {
                 let (module, name) = self
                     .global(callable)
@@ -1947,12 +1950,12 @@ impl<'a, 'l> Vm<'a, 'l> {
             Known::DictLike | Known::FrozenDict => self.alloc(Obj::Dict(Vec::new())),
             Known::SetType | Known::FrozenSetType => self.alloc(Obj::Set(Vec::new())),
             Known::ListType => self.alloc(Obj::List(Vec::new())),
-            Known::Unknown { .. } => self.alloc(Obj::Object(ObjectObj {
+            Known::Unknown { .. } => self.alloc(Obj::Object(Box::new(ObjectObj {
                 global: gi,
                 args,
                 kwargs,
                 state: None,
-            })),
+            }))),
             _ => Err(bad_call(
                 &format!("{}.{}", g.module, g.name),
                 "NEWOBJ of this type is not supported",
@@ -2095,7 +2098,7 @@ impl<'a, 'l> Vm<'a, 'l> {
                 };
                 self.check_array(&arr)?;
                 if let Some(slot) = self.arena.get_mut(ti) {
-                    *slot = Obj::Array(arr);
+                    *slot = Obj::Array(Box::new(arr));
                 }
                 Ok(())
             }
@@ -2606,6 +2609,14 @@ mod tests {
             ]))
         );
         assert_eq!(v.get("f"), Some(&Value::Int(-1)));
+    }
+
+    #[test]
+    fn vm_slots_stay_small() {
+        // Memory per input byte is bounded by these sizes (each opcode creates at most one object and one slot).
+        assert!(std::mem::size_of::<Item<'_>>() <= 24);
+        assert!(std::mem::size_of::<Obj<'_>>() <= 32);
+        assert!(std::mem::size_of::<Value<'_>>() <= 32);
     }
 
     #[test]
