@@ -7,7 +7,14 @@ use odelt_tests::{fixture, names, odelt_bin};
 use serde_json::Value as Json;
 
 /// (class, required inputs, optional inputs, outputs)
-const EXPECTED: &[(&str, &[&str], &[&str], &[&str])] = &[
+type NodeShape = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+const EXPECTED: &[NodeShape] = &[
     (
         "ODEtODElCheckpointLoader",
         &[
