@@ -197,9 +197,34 @@ pub fn request(
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).expect("send head");
     s.write_all(body).expect("send body");
+    parse_response(&read_response(&mut s))
+}
+
+/// Reads one response: to its Content-Length, the end of its chunks, or EOF.
+pub fn read_response(s: &mut TcpStream) -> Vec<u8> {
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    parse_response(&raw)
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(h) = find(&raw, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..h]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(len) = len {
+                if raw.len() >= h + 4 + len {
+                    return raw;
+                }
+            } else if head.contains("transfer-encoding: chunked") && raw.ends_with(b"0\r\n\r\n") {
+                return raw;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read response: {e}"),
+        }
+    }
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Resp {
@@ -250,12 +275,16 @@ pub struct WsClient {
 
 impl WsClient {
     pub fn connect(addr: SocketAddr, client_id: &str) -> WsClient {
+        Self::connect_url(addr, &format!("ws://{addr}/ws?clientId={client_id}"))
+    }
+
+    /// Any WebSocket URL served at `addr`.
+    pub fn connect_url(addr: SocketAddr, url: &str) -> WsClient {
         let stream = TcpStream::connect(addr).expect("connect ws");
         stream
             .set_read_timeout(Some(Duration::from_millis(200)))
             .ok();
-        let url = format!("ws://{addr}/ws?clientId={client_id}");
-        let (ws, _) = tungstenite::client::client(url.as_str(), stream).expect("ws handshake");
+        let (ws, _) = tungstenite::client::client(url, stream).expect("ws handshake");
         WsClient { ws }
     }
 
