@@ -82,6 +82,13 @@ impl PluginArgs {
     }
 }
 
+/// Tells plugins where the models are before they load: plugins build their file lists (ComfyUI combo inputs) when
+/// they describe their nodes, and read `ODELT_MODELS_DIR` for it. Called before any thread is started.
+pub fn export_models_dir(dir: &std::path::Path) {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::env::set_var("ODELT_MODELS_DIR", abs);
+}
+
 /// Prints the plugin search warnings (skipped libraries) to stderr.
 pub fn print_warnings(set: &PluginSet) {
     for w in set.warnings() {

@@ -11,6 +11,9 @@ use super::{fail, print_warnings, PluginArgs, EXIT_FAILURE};
 pub struct NodesArgs {
     #[command(flatten)]
     plugins: PluginArgs,
+    /// Root directory of model files (lists of checkpoints in combo inputs come from it).
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    models_dir: std::path::PathBuf,
     /// Print compact JSON instead of pretty.
     #[arg(long)]
     compact: bool,
@@ -18,6 +21,7 @@ pub struct NodesArgs {
 
 /// Runs `odelt nodes`.
 pub fn nodes(a: NodesArgs) -> ExitCode {
+    super::export_models_dir(&a.models_dir);
     let plugins = match a.plugins.load() {
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e, None),

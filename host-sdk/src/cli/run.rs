@@ -60,7 +60,10 @@ pub fn run(a: RunArgs) -> ExitCode {
             return fail(EXIT_FAILURE, &format!("--set {s}: {e}"), None);
         }
     }
-    let plugins = match a.plugins.load() {
+    let plugins = match {
+        super::export_models_dir(&a.models_dir);
+        a.plugins.load()
+    } {
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e, None),
     };
