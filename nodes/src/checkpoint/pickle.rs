@@ -2152,6 +2152,8 @@ fn g_is_defaultdict(qual: &str) -> bool {
     qual == "collections.defaultdict"
 }
 
+// `is_multiple_of` is newer than the workspace's rust-version (1.85).
+#[allow(clippy::manual_is_multiple_of)]
 fn pairs<'a>(items: Vec<Item<'a>>) -> Res<Vec<(Item<'a>, Item<'a>)>> {
     if items.len() % 2 != 0 {
         return Err(PickleErrorKind::Unsupported(
