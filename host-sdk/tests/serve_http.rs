@@ -459,7 +459,7 @@ fn interrupt_stops_the_running_prompt_only_when_it_is_named() {
     );
     let msgs = ws.until_done(&id, T);
     let stopped_in = asked.elapsed();
-    assert!(stopped_in < Duration::from_secs(2), "took {stopped_in:?}");
+    assert!(stopped_in < Duration::from_secs(5), "took {stopped_in:?}");
     let int = &msgs[pos(&msgs, |m| m.ty() == "execution_interrupted")];
     assert_eq!(int.data()["prompt_id"], id.as_str());
     assert_eq!(int.data()["node_id"], "1");
