@@ -38,18 +38,48 @@ impl Dense {
 
     /// Applies the layer over the last axis of `x` (any rank ≥ 2), casting `x` to the kernel dtype.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.matmul(x)?.broadcast_add(&self.bias)
+    }
+
+    /// `x @ kernel` over the last axis of `x`, without the bias (for callers that fuse the bias into the next
+    /// element-wise kernel). The result is a fresh contiguous tensor.
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = x.to_dtype(self.kernel.dtype())?;
         let dims = x.dims().to_vec();
         let fan_in = dims[dims.len() - 1];
         let rows = x.elem_count() / fan_in.max(1);
-        let y = x
-            .reshape((rows, fan_in))?
-            .matmul(&self.kernel)?
-            .broadcast_add(&self.bias)?;
+        let y = x.reshape((rows, fan_in))?.matmul(&self.kernel)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.kernel.dim(1)?;
         y.reshape(out_dims)
+    }
+
+    /// The layers side by side: one `[in, sum(out)]` layer whose outputs are the parts' outputs concatenated in
+    /// order. Built with differentiable ops, so gradients still reach the parts' tensors.
+    pub fn concat_outputs(parts: &[Dense]) -> candle_core::Result<Dense> {
+        let kernels: Vec<&Tensor> = parts.iter().map(|d| &d.kernel).collect();
+        let biases: Vec<&Tensor> = parts.iter().map(|d| &d.bias).collect();
+        Ok(Dense {
+            kernel: Tensor::cat(&kernels, 1)?,
+            bias: Tensor::cat(&biases, 0)?,
+        })
+    }
+
+    /// The layer followed by a multiplication by `factor` (folded into kernel and bias).
+    pub fn scaled(&self, factor: f64) -> candle_core::Result<Dense> {
+        Ok(Dense {
+            kernel: self.kernel.affine(factor, 0.0)?,
+            bias: self.bias.affine(factor, 0.0)?,
+        })
+    }
+
+    pub fn kernel(&self) -> &Tensor {
+        &self.kernel
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 
     pub fn fan_out(&self) -> usize {
@@ -92,4 +122,3 @@ pub fn softmax_f32(x: &Tensor, differentiable: bool) -> candle_core::Result<Tens
         candle_nn::ops::softmax_last_dim(&x.contiguous()?)
     }
 }
-

@@ -13,7 +13,9 @@
 
 pub mod block;
 pub mod embed;
+mod fused;
 pub mod layers;
+pub mod profile;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -138,7 +140,13 @@ impl Dit {
     }
 
     /// Tokens `[B, T, H]` (patch embedding plus positions) and the conditioning `c = te(t) + ye(y) + dte(dt_base)`.
-    fn embed(&self, t: &Tensor, x: &Tensor, dt_base: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn embed(
+        &self,
+        t: &Tensor,
+        x: &Tensor,
+        dt_base: &Tensor,
+        y: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, hh, ww, ch) = x.dims4()?;
         let s = self.cfg.input_size;
         if hh != s || ww != s || ch != self.cfg.in_channels {
@@ -169,7 +177,9 @@ impl Dit {
     /// `x`: NHWC `[B, S, S, C]`; `dt_base`: `[B]` step code log2(T) (as float); `y`: `[B]` class ids
     /// (`num_classes` = null). Returns NHWC velocity, same shape as `x`, in f32.
     pub fn forward(&self, t: &Tensor, x: &Tensor, dt_base: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let mut laps = profile::Laps::start();
         let (tok, c) = self.embed(t, x, dt_base, y)?;
+        laps.lap("embed: patch + positions + t/dt/label");
         let b = tok.dim(0)?;
         let h = if let Some(le) = &self.length_embed {
             let ids = Tensor::full(self.length as u32, b, tok.device())?;
@@ -225,7 +235,12 @@ impl Dit {
     }
 
     /// The ODE_l loop. Without per-sample lengths every sample runs at `self.length`.
-    fn length_ode(&self, tok: &Tensor, cb: &Tensor, lengths: Option<&[usize]>) -> Result<Option<Tensor>> {
+    fn length_ode(
+        &self,
+        tok: &Tensor,
+        cb: &Tensor,
+        lengths: Option<&[usize]>,
+    ) -> Result<Option<Tensor>> {
         let g = self.cfg.depth_group;
         let longest = lengths.map_or(self.length, |ls| ls.iter().copied().max().unwrap_or(0));
         let Some(last) = self.cfg.last_effective_block(longest) else {
@@ -236,12 +251,15 @@ impl Dit {
         let mut vr: Option<Tensor> = None;
         for i in 0..=last {
             let vb = self.blocks[i].forward(&xr, cb, self.differentiable)?;
+            let mut laps = profile::Laps::start();
             if i % g == g - 1 {
                 let step = match lengths {
                     None => vb,
                     Some(ls) => {
-                        let mask: Vec<f32> = ls.iter().map(|&l| f32::from(u8::from(i < l))).collect();
-                        let mask = Tensor::from_vec(mask, (b, 1, 1), tok.device())?.to_dtype(vb.dtype())?;
+                        let mask: Vec<f32> =
+                            ls.iter().map(|&l| f32::from(u8::from(i < l))).collect();
+                        let mask = Tensor::from_vec(mask, (b, 1, 1), tok.device())?
+                            .to_dtype(vb.dtype())?;
                         vb.broadcast_mul(&mask)?
                     }
                 };
@@ -253,6 +271,7 @@ impl Dit {
             } else {
                 xr = vb;
             }
+            laps.lap("ODE_l group-end adds");
         }
         Ok(vr)
     }
