@@ -29,7 +29,8 @@
 //! ```
 //!
 //! Modules: [`loader`] (plugins), [`prompt`] (parsing), [`validate`] (ComfyUI error shapes),
-//! [`executor`] (running), [`events`] (event stream, cancel token), [`batch`] (scripts).
+//! [`executor`] (running), [`events`] (event stream, cancel token), [`batch`] (scripts),
+//! [`serve`] (the ComfyUI-compatible HTTP/WebSocket server and built-in editor of `odelt serve`).
 #![warn(missing_docs)]
 
 pub mod batch;

@@ -25,8 +25,8 @@ use super::{web, Shared};
 use crate::executor::{new_prompt_id, RunOptions};
 use crate::prompt::Prompt;
 
-type S = State<Arc<Shared>>;
-type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type S = State<Arc<Shared>>;
+pub(crate) type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// Builds the application.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -48,10 +48,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/extensions", get(extensions))
         .route("/features", get(features))
         .route("/ws", get(ws));
+    let api = super::frontend::routes(api);
     Router::new()
         .merge(api.clone())
         .nest("/api", api)
         .route("/", get(index))
+        .route("/internal/folder_paths", get(super::frontend::folder_paths))
         .route("/odelt/editor", get(web::index))
         .route("/odelt/editor.js", get(web::script))
         .route("/odelt/editor.css", get(web::style))
@@ -74,17 +76,17 @@ async fn origin_check(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn query(q: Q) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn query(q: Q) -> Result<HashMap<String, String>, ApiError> {
     q.map(|Query(m)| m)
         .map_err(|e| ApiError::bad_request("invalid_query", format!("bad query string: {e}")))
 }
 
-fn path_arg(p: Result<UrlPath<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn path_arg(p: Result<UrlPath<String>, PathRejection>) -> Result<String, ApiError> {
     p.map(|UrlPath(s)| s)
         .map_err(|e| ApiError::bad_request("invalid_path", format!("bad path: {e}")))
 }
 
-fn empty_ok() -> Response {
+pub(crate) fn empty_ok() -> Response {
     StatusCode::OK.into_response()
 }
 
@@ -183,6 +185,9 @@ async fn post_prompt(State(s): S, headers: HeaderMap, body: Body) -> Result<Resp
     if let Some(c) = &client_id {
         extra_data.insert("client_id".into(), json!(c));
     }
+    extra_data
+        .entry("create_time")
+        .or_insert_with(|| json!(crate::events::now_ms()));
     let targets = match req.get("partial_execution_targets") {
         None | Some(Json::Null) => None,
         Some(Json::Array(a)) => Some(

@@ -22,6 +22,7 @@
 mod api;
 mod body;
 mod files;
+mod frontend;
 mod hub;
 mod multipart;
 mod queue;
@@ -110,6 +111,8 @@ pub(crate) struct Shared {
     pub hub: hub::Hub,
     pub cfg: ServeConfig,
     pub started: Instant,
+    /// Settings and user files the stock ComfyUI frontend stores (in memory).
+    pub compat: frontend::CompatStore,
     /// Serialises `status` broadcasts so the last one sent is the current count.
     status_lock: Mutex<()>,
 }
@@ -212,6 +215,7 @@ pub fn start(plugins: Arc<PluginSet>, cfg: ServeConfig) -> Result<ServerHandle, 
         hub: hub::Hub::new(),
         cfg,
         started: Instant::now(),
+        compat: frontend::CompatStore::default(),
         status_lock: Mutex::new(()),
     });
 
