@@ -178,3 +178,74 @@ fn jobs_api_reflects_queue_and_history_and_cancels() {
     let cancelled = get(srv.addr, "/api/jobs?status=cancelled").json();
     assert_eq!(cancelled["jobs"][0]["id"], running.as_str());
 }
+
+/// The stock ComfyUI frontend (PyPI `comfyui-frontend-package`, unpacked; not committed) boots
+/// against `--frontend-root`, loads an API prompt, queues it through our API and gets the image.
+/// Runs only when `ODELT_COMFY_FRONTEND` names its `static/` folder and Chromium is installed.
+#[test]
+fn stock_comfyui_frontend_queues_a_prompt_when_available() {
+    let Some(root) = std::env::var_os("ODELT_COMFY_FRONTEND") else {
+        eprintln!("SKIPPED stock frontend test: set ODELT_COMFY_FRONTEND to comfyui_frontend_package/static");
+        return;
+    };
+    let root = std::path::PathBuf::from(root);
+    assert!(
+        root.join("index.html").is_file(),
+        "{} has no index.html",
+        root.display()
+    );
+    let srv = server_with("stock-frontend", |c| c.frontend_root = Some(root.clone()));
+    // No first-run template gallery over the canvas.
+    post_json(
+        srv.addr,
+        "/api/settings",
+        &json!({"Comfy.TutorialCompleted": true}),
+    );
+    let url = format!("http://{}/", srv.addr);
+    let Some(mut browser) = serve_util::browser::Browser::open(&url, srv.addr) else {
+        eprintln!("SKIPPED stock frontend test: no Chromium found");
+        return;
+    };
+    browser.wait_for(
+        "typeof window.app === 'object' && !!window.app.graph && typeof window.app.loadApiJson === 'function'",
+        Duration::from_secs(90),
+    );
+    let prompt = image_prompt("stock", 24, 3, 20);
+    let n = browser.eval(&format!(
+        "(async () => {{ await app.loadApiJson({prompt}, 'odelt.json'); await app.queuePrompt(0, 1); return app.graph._nodes.length; }})()"
+    ));
+    assert_eq!(n, 4, "nodes in the frontend graph");
+    // Our server ran what the frontend queued, with the frontend's workflow embedded.
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    let entry = loop {
+        let h = get(srv.addr, "/history").json();
+        if let Some(e) = h.as_object().and_then(|m| m.values().next().cloned()) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the frontend's prompt never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(entry["status"]["status_str"], "success", "{entry}");
+    assert!(entry["prompt"][3]["client_id"].is_string());
+    let file = entry["outputs"]["2"]["images"][0]["filename"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let png = std::fs::read(srv.output_dir().join(&file)).unwrap();
+    let wf = png_text_chunks(&png)
+        .into_iter()
+        .find(|(k, _)| k == "workflow")
+        .expect("workflow chunk");
+    let wf: serde_json::Value = serde_json::from_str(&wf.1).unwrap();
+    assert_eq!(wf["nodes"].as_array().unwrap().len(), 4);
+    // The frontend received the image over the WebSocket.
+    let shown = browser.wait_for(
+        "(() => { const o = app.nodeOutputs || {}; const k = Object.keys(o).find(k => o[k] && o[k].images && o[k].images.length); return k ? o[k].images[0].filename : ''; })()",
+        Duration::from_secs(30),
+    );
+    assert_eq!(shown, file.as_str());
+    browser.screenshot(&release_dir().join("serve-stock-frontend.png"));
+}

@@ -2,6 +2,8 @@
 //! HTTP/1.1 client on `TcpStream`, a WebSocket client (tungstenite) and PNG chunk reading.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
