@@ -646,3 +646,68 @@ fn origin_check_refuses_foreign_pages_on_loopback() {
     assert_eq!(r.status, 403);
     assert_eq!(get(srv.addr, "/queue").status, 200);
 }
+
+#[test]
+fn the_odelt_binary_serves_until_killed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = temp_dir("cli");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_odelt"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+        .arg(test_plugin())
+        .args([
+            "--output-dir",
+            "out",
+            "--input-dir",
+            "in",
+            "--temp-dir",
+            "tmp",
+            "--models-dir",
+            "models",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start odelt serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("startup line");
+    let addr: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let info = get(addr, "/api/object_info").json();
+    let id = uuid();
+    let r = queue_prompt(
+        addr,
+        json!({"prompt": image_prompt("cli", 4, 1, 0), "prompt_id": id}),
+    );
+    let done = r.status == 200 && wait_history(addr, &id, T)["status"]["status_str"] == "success";
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(info["SlowCount"].is_object());
+    assert!(done, "{}", r.text());
+    assert!(
+        dir.join("out").read_dir().unwrap().count() > 0,
+        "no output written"
+    );
+    // An address in use is a clear error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_odelt"))
+        .args(["serve", "--listen", &taken_addr, "--plugins"])
+        .arg(test_plugin())
+        .current_dir(&dir)
+        .output()
+        .expect("run odelt serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {taken_addr}")),
+        "{err}"
+    );
+}
