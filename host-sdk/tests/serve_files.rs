@@ -144,7 +144,8 @@ fn uploads_land_in_their_folder_are_renamed_and_refuse_escapes() {
         b"second"
     );
 
-    let escapes: [&[(&str, Option<&str>, &[u8])]; 5] = [
+    type Fields<'a> = &'a [(&'a str, Option<&'a str>, &'a [u8])];
+    let escapes: [Fields; 5] = [
         &[("image", Some("../evil.png"), png)],
         &[("image", Some("/tmp/evil.png"), png)],
         &[

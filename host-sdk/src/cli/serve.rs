@@ -50,10 +50,8 @@ pub struct ServeArgs {
 
 /// Runs `odelt serve` until the process is stopped.
 pub fn serve(a: ServeArgs) -> ExitCode {
-    let plugins = match {
-        super::export_models_dir(&a.models_dir);
-        a.plugins.load()
-    } {
+    super::export_models_dir(&a.models_dir);
+    let plugins = match a.plugins.load() {
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e, None),
     };

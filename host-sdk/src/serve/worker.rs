@@ -113,9 +113,10 @@ fn run_one(shared: &Shared, item: &QueueItem, cancel: &CancelToken) {
         shared
             .exec
             .run_plan(&item.prompt, &item.plan, &item.opts, &sink, cancel)
+            .is_ok()
     }));
-    let (status_str, completed) = match &result {
-        Ok(Ok(_)) => ("success", true),
+    let (status_str, completed) = match result {
+        Ok(true) => ("success", true),
         _ => ("error", false),
     };
     let mut messages = sink.messages.lock().map(|m| m.clone()).unwrap_or_default();
