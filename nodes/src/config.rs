@@ -202,7 +202,10 @@ impl DitConfig {
             }
         }
         if !(self.latent_scale.is_finite() && self.latent_scale > 0.0) {
-            return fail(format!("latent_scale {} must be positive", self.latent_scale));
+            return fail(format!(
+                "latent_scale {} must be positive",
+                self.latent_scale
+            ));
         }
         Ok(())
     }

@@ -19,10 +19,10 @@ pub mod params;
 pub mod pipeline;
 pub mod sample;
 pub mod solver;
+pub mod vae;
 pub mod train;
 pub mod data;
 pub mod eval;
-pub mod vae;
 
 pub use config::DitConfig;
 pub use error::{Error, Result};

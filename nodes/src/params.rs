@@ -119,7 +119,13 @@ pub fn param_specs(cfg: &DitConfig, blocks: usize) -> Vec<ParamSpec> {
         );
     }
     dense(&mut v, "FinalLayer_0/Dense_0", h, 2 * h, Init::Zeros);
-    dense(&mut v, "FinalLayer_0/Dense_1", h, cfg.patch_dim(), Init::Zeros);
+    dense(
+        &mut v,
+        "FinalLayer_0/Dense_1",
+        h,
+        cfg.patch_dim(),
+        Init::Zeros,
+    );
     v
 }
 

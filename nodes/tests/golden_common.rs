@@ -20,9 +20,10 @@ impl Golden {
     pub fn open() -> Golden {
         let dir = data_dir();
         let npz = candle_core::npy::NpzTensors::new(dir.join("tiny.npz")).expect("open tiny.npz");
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("tiny.json")).expect("tiny.json"))
-                .expect("parse tiny.json");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("tiny.json")).expect("tiny.json"),
+        )
+        .expect("parse tiny.json");
         Golden { npz, json }
     }
 
@@ -57,10 +58,33 @@ impl Golden {
 
 /// Relative L2 error ‖a − b‖ / ‖b‖.
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(candle_core::DType::F64).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(candle_core::DType::F64).unwrap().flatten_all().unwrap();
-    let num = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
-    let den = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+    let a = a
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let b = b
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let num = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt();
+    let den = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt();
     num / den.max(1e-30)
 }
 

@@ -85,7 +85,9 @@ fn shorter_length_loads_fewer_blocks() {
     let full_model = Dit::load(&cfg, &params, &cpu(), DType::F32, None).unwrap();
     let (x, y) = inputs(&g);
     let b = x.dim(0).unwrap();
-    let a = short.forward(&full(0.25, b), &x, &full(2.0, b), &y).unwrap();
+    let a = short
+        .forward(&full(0.25, b), &x, &full(2.0, b), &y)
+        .unwrap();
     let e = full_model
         .with_length(2)
         .unwrap()
@@ -122,5 +124,8 @@ fn wrong_shapes_are_clear_errors() {
     let mut params = g.params();
     params.0.remove("DiTBlock_1/Dense_2/kernel");
     let err = Dit::load(&DitConfig::golden_tiny(), &params, &cpu(), DType::F32, None).unwrap_err();
-    assert!(err.to_string().contains("DiTBlock_1/Dense_2/kernel"), "{err}");
+    assert!(
+        err.to_string().contains("DiTBlock_1/Dense_2/kernel"),
+        "{err}"
+    );
 }

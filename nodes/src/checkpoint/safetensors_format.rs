@@ -136,12 +136,14 @@ impl SafetensorsCheckpoint {
             StDtype::F16 => DType::F16,
             StDtype::BF16 => DType::BF16,
             StDtype::F64 => DType::F64,
-            other => return Err(ckpt_err(
-                &self.path,
-                format!(
+            other => {
+                return Err(ckpt_err(
+                    &self.path,
+                    format!(
                     "tensor `{name}` has dtype {other:?}; weights must be f32, f16, bf16 or f64"
                 ),
-            )),
+                ))
+            }
         };
         let t = Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)
             .map_err(|e| ckpt_err(&self.path, format!("tensor `{name}`: {e}")))?;

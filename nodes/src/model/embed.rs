@@ -21,7 +21,10 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     pub fn load(l: &Loader, patch: usize, channels: usize, hidden: usize) -> Result<Self> {
         let kernel = l
-            .get("PatchEmbed_0/Conv_0/kernel", &[patch, patch, channels, hidden])?
+            .get(
+                "PatchEmbed_0/Conv_0/kernel",
+                &[patch, patch, channels, hidden],
+            )?
             .reshape((patch * patch * channels, hidden))?;
         let bias = l.get("PatchEmbed_0/Conv_0/bias", &[hidden])?;
         Ok(PatchEmbed {
