@@ -265,3 +265,57 @@ fn oversized_bodies_get_413_and_the_server_keeps_serving() {
     assert_eq!(small.status, 200);
     assert_eq!(get(srv.addr, "/queue").status, 200);
 }
+
+#[test]
+fn garbage_on_the_wire_does_not_hurt_the_server() {
+    let srv = server("garbage");
+    let raw = |bytes: &[u8]| -> Vec<u8> {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    // Not HTTP at all, a bad request line, a huge header: answered 4xx or closed.
+    for junk in [
+        b"\x00\x01\x02garbage\r\n\r\n".to_vec(),
+        b"GET\r\n\r\n".to_vec(),
+        format!(
+            "GET /queue HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(1_000_000)
+        )
+        .into_bytes(),
+    ] {
+        let t = std::time::Instant::now();
+        let out = raw(&junk);
+        eprintln!("junk of {} bytes: {} bytes back in {:?}", junk.len(), out.len(), t.elapsed());
+        if !out.is_empty() {
+            let status = parse_response(&out).status;
+            assert!((400..500).contains(&status), "status {status}");
+        }
+    }
+    // A WebSocket that sends junk, then an oversized message, is dropped; others carry on.
+    let mut ws = WsClient::connect(srv.addr, "junk");
+    assert_eq!(ws.next(Duration::from_secs(10)).unwrap().ty(), "status");
+    ws.send_text("not json");
+    ws.send_text("{\"type\": \"feature_flags\", \"data\": 5}");
+    let _ = ws
+        .ws
+        .send(tungstenite::Message::Binary(vec![1u8, 2, 3].into()));
+    let _ = ws
+        .ws
+        .send(tungstenite::Message::Text("x".repeat(200_000).into()));
+    let mut good = WsClient::connect(srv.addr, "good");
+    assert_eq!(good.next(Duration::from_secs(10)).unwrap().ty(), "status");
+    let id = uuid();
+    queue_prompt(
+        srv.addr,
+        json!({"prompt": image_prompt("g", 4, 1, 0), "prompt_id": id, "client_id": "good"}),
+    );
+    good.until_done(&id, Duration::from_secs(30));
+    // A bad clientId is refused before the upgrade.
+    let r = get(srv.addr, "/ws?clientId=a%20b");
+    assert_eq!(r.status, 400);
+    assert_eq!(get(srv.addr, "/queue").status, 200);
+}

@@ -83,6 +83,14 @@ fn full_prompt_lifecycle_events_history_and_view() {
         assert_eq!(&p[4..8], &[0, 0, 0, 2], "PNG image type");
         assert_eq!(&p[8..16], b"\x89PNG\r\n\x1a\n");
     }
+    // Newer servers' progress_state: node 3 ends finished at 3/3.
+    let last_state = msgs
+        .iter()
+        .rev()
+        .find(|m| m.ty() == "progress_state" && m.data()["nodes"]["3"]["state"] == "finished")
+        .expect("progress_state for node 3");
+    assert_eq!(last_state.data()["nodes"]["3"]["value"], 3);
+    assert_eq!(last_state.data()["prompt_id"], id.as_str());
     let executed = &msgs[pos(&msgs, |m| m.ty() == "executed" && m.data()["node"] == "2")];
     let image = executed.data()["output"]["images"][0].clone();
     assert_eq!(image["type"], "output");
@@ -441,6 +449,19 @@ fn interrupt_stops_the_running_prompt_only_when_it_is_named() {
     );
     assert_eq!(r.status, 200);
     ws.until(T, |m| m.ty() == "progress");
+
+    // A socket that connects meanwhile is told which node runs; other clients are not.
+    let mut late = WsClient::connect(srv.addr, "int");
+    assert_eq!(late.next(T).unwrap().ty(), "status");
+    let running = late.next(T).unwrap();
+    assert_eq!(running.ty(), "executing");
+    assert_eq!(running.data()["node"], "1");
+    assert_eq!(running.data()["prompt_id"], id.as_str());
+    let mut other = WsClient::connect(srv.addr, "someone-else");
+    assert_eq!(other.next(T).unwrap().ty(), "status");
+    assert!(other
+        .next(Duration::from_millis(200))
+        .is_none_or(|m| m.ty() == "status"));
 
     // Naming another prompt does nothing: progress goes on.
     assert_eq!(

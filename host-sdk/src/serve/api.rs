@@ -710,7 +710,27 @@ async fn ws(State(s): S, q: Q, upgrade: WebSocketUpgrade) -> Result<Response, Ap
 async fn ws_session(s: Arc<Shared>, mut socket: WebSocket, client_id: String) {
     let (key, mut rx, preview_metadata) = s.hub.register(&client_id);
     let hello = status_message(s.queue.remaining(), Some(&client_id)).to_string();
-    if socket.send(Message::Text(hello.into())).await.is_ok() {
+    let mut greeting = vec![hello];
+    if let Ok(c) = s.current.lock() {
+        if let Some(c) = c
+            .as_ref()
+            .filter(|c| c.client.as_deref().is_none_or(|id| id == client_id))
+        {
+            greeting.push(
+                json!({"type": "executing", "data": {"node": c.node_id, "display_node": c.node_id,
+                                                     "prompt_id": c.prompt_id}})
+                .to_string(),
+            );
+        }
+    }
+    let mut ok = true;
+    for g in greeting {
+        if socket.send(Message::Text(g.into())).await.is_err() {
+            ok = false;
+            break;
+        }
+    }
+    if ok {
         loop {
             tokio::select! {
                 out = rx.recv() => {

@@ -104,6 +104,13 @@ pub enum ServeError {
     Runtime(std::io::Error),
 }
 
+/// The node running now (told to a socket that connects meanwhile, as ComfyUI does).
+pub(crate) struct Current {
+    pub client: Option<String>,
+    pub prompt_id: String,
+    pub node_id: String,
+}
+
 /// State shared by the HTTP handlers and the worker.
 pub(crate) struct Shared {
     pub exec: Arc<Executor>,
@@ -113,6 +120,8 @@ pub(crate) struct Shared {
     pub started: Instant,
     /// Settings and user files the stock ComfyUI frontend stores (in memory).
     pub compat: frontend::CompatStore,
+    /// The node running now.
+    pub current: Mutex<Option<Current>>,
     /// Serialises `status` broadcasts so the last one sent is the current count.
     status_lock: Mutex<()>,
 }
@@ -216,6 +225,7 @@ pub fn start(plugins: Arc<PluginSet>, cfg: ServeConfig) -> Result<ServerHandle, 
         cfg,
         started: Instant::now(),
         compat: frontend::CompatStore::default(),
+        current: Mutex::new(None),
         status_lock: Mutex::new(()),
     });
 

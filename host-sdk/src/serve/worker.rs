@@ -43,11 +43,74 @@ struct PromptSink<'a> {
     messages: Mutex<Vec<Json>>,
     /// Messages held back until history is stored (the end of the prompt).
     terminal: Mutex<Vec<Json>>,
+    /// Per-node state for ComfyUI's newer `progress_state` message.
+    states: Mutex<Map<String, Json>>,
+    /// Where the prompt is, for sockets that connect while it runs.
+    current: &'a Mutex<Option<super::Current>>,
+}
+
+impl PromptSink<'_> {
+    /// Updates one node's state and sends `progress_state` with every node's.
+    fn progress_state(&self, prompt_id: &str, node_id: &str, update: impl FnOnce(&mut Json)) {
+        let Ok(mut states) = self.states.lock() else {
+            return;
+        };
+        let entry = states.entry(node_id.to_string()).or_insert_with(|| {
+            json!({"value": 0, "max": 1, "state": "running", "node_id": node_id,
+                   "prompt_id": prompt_id, "display_node_id": node_id,
+                   "parent_node_id": null, "real_node_id": node_id})
+        });
+        update(entry);
+        let msg = json!({"type": "progress_state",
+                         "data": {"prompt_id": prompt_id, "nodes": Json::Object(states.clone())}});
+        drop(states);
+        self.hub.send_json(self.client, &msg);
+    }
 }
 
 impl EventSink for PromptSink<'_> {
     fn emit(&self, ev: &Event) {
         let msgs = ev.to_comfy_messages();
+        let pid = &*ev.prompt_id;
+        match &ev.kind {
+            EventKind::Executing { node_id, .. } => {
+                if let Ok(mut c) = self.current.lock() {
+                    *c = Some(super::Current {
+                        client: self.client.map(str::to_string),
+                        prompt_id: pid.to_string(),
+                        node_id: node_id.clone(),
+                    });
+                }
+                for m in &msgs {
+                    self.hub.send_json(self.client, m);
+                }
+                self.progress_state(pid, node_id, |_| {});
+                return;
+            }
+            EventKind::Progress {
+                node_id,
+                value,
+                max,
+                ..
+            } => {
+                let (v, m) = (*value, *max);
+                self.progress_state(pid, node_id, |e| {
+                    e["value"] = json!(v);
+                    e["max"] = json!(m);
+                });
+            }
+            EventKind::NodeDone { node_id, .. } => {
+                self.progress_state(pid, node_id, |e| {
+                    e["state"] = json!("finished");
+                    e["value"] = e["max"].clone();
+                });
+                return;
+            }
+            EventKind::ExecutionError { node_id, .. } => {
+                self.progress_state(pid, node_id, |e| e["state"] = json!("error"));
+            }
+            _ => {}
+        }
         match &ev.kind {
             EventKind::ExecutionStart | EventKind::ExecutionCached { .. } => {
                 if let (Some(m), Ok(mut h)) = (msgs.first(), self.messages.lock()) {
@@ -108,6 +171,8 @@ fn run_one(shared: &Shared, item: &QueueItem, cancel: &CancelToken) {
         outputs: Mutex::new(Map::new()),
         messages: Mutex::new(Vec::new()),
         terminal: Mutex::new(Vec::new()),
+        states: Mutex::new(Map::new()),
+        current: &shared.current,
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
         shared
@@ -154,6 +219,9 @@ fn run_one(shared: &Shared, item: &QueueItem, cancel: &CancelToken) {
         "status": {"status_str": status_str, "completed": completed, "messages": messages},
         "meta": meta,
     });
+    if let Ok(mut c) = shared.current.lock() {
+        *c = None;
+    }
     shared.queue.finish(&item.prompt_id, entry);
     for m in &terminal {
         shared.hub.send_json(item.client_id.as_deref(), m);
