@@ -59,8 +59,7 @@ enum Cmd {
 
 #[derive(Args, Debug, Clone)]
 struct BenchArgs {
-    /// Timed runs per (length, batch) after the warm-up; the median is reported.
-    /// Default: 5 for batches up to 2, otherwise 3 (keeps the default run under ~3 minutes on 2 cores).
+    /// Timed runs per (length, batch) after the warm-up; the median is reported [default: 5].
     #[arg(long)]
     runs: Option<usize>,
     /// Untimed warm-up forwards per (length, batch).
@@ -92,9 +91,9 @@ struct BenchArgs {
     /// Side of the square f32 matmul used as the throughput reference.
     #[arg(long, default_value_t = 1024)]
     matmul_size: usize,
-    /// Timed reference matmuls before and after the forward timings (plus one after every round of forwards);
-    /// the median of all is reported.
-    #[arg(long, default_value_t = 10)]
+    /// Timed bursts (>= 0.25 s of back-to-back products each) of the reference matmul before and after the
+    /// forward timings, plus one burst after every round of forwards; the median of all is reported.
+    #[arg(long, default_value_t = 6)]
     matmul_runs: usize,
     /// Batch of the one forward each memory child runs.
     #[arg(long, default_value_t = 1)]
@@ -488,36 +487,46 @@ fn cpu_share(cpu_s: f64, wall_s: f64, cores: usize) -> f64 {
     }
 }
 
-/// The reference: a square f32 matmul on random inputs.
+/// The reference: a square f32 matmul on random inputs, timed in bursts of back-to-back products lasting at least
+/// [`RefMatmul::BURST_S`], so that on a shared machine its samples see the same kind of preemption as the
+/// seconds-long forwards (a single 40 ms product often fits between two preemptions and flatters the reference).
 struct RefMatmul {
     a: Tensor,
     b: Tensor,
     device: Device,
+    per_burst: usize,
 }
 
 impl RefMatmul {
+    const BURST_S: f64 = 0.25;
+
     fn new(n: usize, device: &Device) -> Result<Self> {
         let mut rng = Rng::new(11);
         let a: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let b: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
-        let r = RefMatmul {
+        let mut r = RefMatmul {
             a: Tensor::from_vec(a, (n, n), device)?,
             b: Tensor::from_vec(b, (n, n), device)?,
             device: device.clone(),
+            per_burst: 1,
         };
-        r.time(1)?; // warm-up
+        // Warm-up, then size the bursts from the fastest of a few single products.
+        let single = r.time(3)?.into_iter().fold(f64::INFINITY, f64::min);
+        r.per_burst = ((Self::BURST_S / single.max(1e-6)).ceil() as usize).clamp(1, 1000);
         Ok(r)
     }
 
-    /// Seconds of each of `runs` products.
-    fn time(&self, runs: usize) -> Result<Vec<f64>> {
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
+    /// Seconds per product, one value per burst, for `bursts` bursts.
+    fn time(&self, bursts: usize) -> Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(bursts);
+        for _ in 0..bursts {
             let t0 = Instant::now();
-            let c = self.a.matmul(&self.b)?;
-            sync(&self.device)?;
-            times.push(t0.elapsed().as_secs_f64());
-            drop(c);
+            for _ in 0..self.per_burst {
+                let c = self.a.matmul(&self.b)?;
+                sync(&self.device)?;
+                drop(c);
+            }
+            times.push(t0.elapsed().as_secs_f64() / self.per_burst as f64);
         }
         Ok(times)
     }
@@ -649,7 +658,7 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
             .map(|&l| model.with_length(l))
             .collect::<odelt_nodes::Result<Vec<_>>>()?;
         for &b in &a.batch {
-            let runs = a.runs.unwrap_or(if b <= 2 { 5 } else { 3 }).max(1);
+            let runs = a.runs.unwrap_or(5).max(1);
             let inp = inputs(&cfg, b, &device)?;
             for m in &models {
                 for _ in 0..a.warmup {
@@ -742,9 +751,10 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         println!();
     }
     println!(
-        "reference matmul: {n}x{n} @ {n}x{n} f32, median {:.1} ms of {} -> {:.1} GFLOP/s",
+        "reference matmul: {n}x{n} @ {n}x{n} f32, median {:.1} ms per product over {} bursts of {} -> {:.1} GFLOP/s",
         mm_median * 1e3,
         mm_times.len(),
+        reference.per_burst,
         matmul_gflops
     );
     println!();
