@@ -13,6 +13,7 @@
     nextNodeId: 1,
     nextLinkId: 1,
     pan: { x: 40, y: 40 },
+    scale: 1,
     selected: null,
     clientId: "odelt-editor-" + Math.random().toString(16).slice(2, 10),
     ws: null,
@@ -289,7 +290,7 @@
   function socketCenter(sock) {
     const r = sock.getBoundingClientRect();
     const w = $("world").getBoundingClientRect();
-    return { x: r.left + r.width / 2 - w.left, y: r.top + r.height / 2 - w.top };
+    return { x: (r.left + r.width / 2 - w.left) / state.scale, y: (r.top + r.height / 2 - w.top) / state.scale };
   }
 
   function curve(a, b) {
@@ -359,8 +360,8 @@
     selectNode(node);
     const sx = e.clientX, sy = e.clientY, nx = node.x, ny = node.y;
     trackPointer((m) => {
-      node.x = nx + m.clientX - sx;
-      node.y = ny + m.clientY - sy;
+      node.x = nx + (m.clientX - sx) / state.scale;
+      node.y = ny + (m.clientY - sy) / state.scale;
       placeNode(node);
       redrawLinks(node);
     }, () => {});
@@ -398,7 +399,7 @@
     const w0 = $("world").getBoundingClientRect();
     markCompatible(out.type);
     trackPointer((m) => {
-      path.setAttribute("d", curve(start, { x: m.clientX - w0.left, y: m.clientY - w0.top }));
+      path.setAttribute("d", curve(start, { x: (m.clientX - w0.left) / state.scale, y: (m.clientY - w0.top) / state.scale }));
     }, (u) => {
       path.remove();
       markCompatible(null);
@@ -436,11 +437,43 @@
       }
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) queuePrompt();
     });
+    canvas.addEventListener("wheel", (e) => {
+      if (e.target.closest && e.target.closest("textarea, select")) return;
+      e.preventDefault();
+      zoomAt(e.clientX, e.clientY, e.deltaY < 0 ? 1.1 : 1 / 1.1);
+    }, { passive: false });
     applyPan();
   }
 
   function applyPan() {
-    $("world").style.transform = "translate(" + state.pan.x + "px," + state.pan.y + "px)";
+    $("world").style.transform = "translate(" + state.pan.x + "px," + state.pan.y + "px) scale(" + state.scale + ")";
+  }
+
+  // Mouse wheel zooms around the cursor.
+  function zoomAt(clientX, clientY, factor) {
+    const c = $("canvas").getBoundingClientRect();
+    const s = Math.min(2, Math.max(0.25, state.scale * factor));
+    const cx = clientX - c.left, cy = clientY - c.top;
+    state.pan.x = cx - (cx - state.pan.x) * (s / state.scale);
+    state.pan.y = cy - (cy - state.pan.y) * (s / state.scale);
+    state.scale = s;
+    applyPan();
+  }
+
+  // Shows every node: scale down if needed, centre the graph.
+  function fitView() {
+    if (state.nodes.size === 0) return;
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const n of state.nodes.values()) {
+      x0 = Math.min(x0, n.x); y0 = Math.min(y0, n.y);
+      x1 = Math.max(x1, n.x + n.el.offsetWidth); y1 = Math.max(y1, n.y + n.el.offsetHeight);
+    }
+    const c = $("canvas").getBoundingClientRect();
+    const s = Math.max(0.25, Math.min(1, (c.width - 60) / (x1 - x0), (c.height - 60) / (y1 - y0)));
+    state.scale = s;
+    state.pan.x = (c.width - (x1 - x0) * s) / 2 - x0 * s;
+    state.pan.y = Math.max(20, (c.height - (y1 - y0) * s) / 2) - y0 * s;
+    applyPan();
   }
 
   // ---------- API-format prompt and UI workflow ----------
@@ -524,11 +557,12 @@
       if (!columns.has(d)) columns.set(d, []);
       columns.get(d).push(id);
     }
+    const widths = new Map();
     for (const [d, ids] of columns) {
       let y = 0;
       for (const id of ids) {
         const n = prompt[id];
-        const node = addNode(n.class_type, { x: d * 280, y }, id);
+        const node = addNode(n.class_type, { x: 0, y }, id);
         if (!node) continue;
         if (n._meta && n._meta.title) node.el.querySelector(".name").textContent = node.title = n._meta.title;
         for (const [name, v] of Object.entries(n.inputs || {})) {
@@ -537,7 +571,15 @@
           inp.widget.set(v && typeof v === "object" && "__value__" in v ? v.__value__ : v);
         }
         y += node.el.offsetHeight + 30;
+        widths.set(d, Math.max(widths.get(d) || 0, node.el.offsetWidth));
       }
+    }
+    // Columns by depth, each as wide as its widest node.
+    const xs = new Map();
+    let x = 0;
+    for (const d of [...columns.keys()].sort((a, b) => a - b)) { xs.set(d, x); x += (widths.get(d) || 200) + 60; }
+    for (const [d, ids] of columns) {
+      for (const id of ids) { const nd = state.nodes.get(id); if (nd) { nd.x = xs.get(d); placeNode(nd); } }
     }
     for (const [id, n] of entries) {
       const to = state.nodes.get(id);
@@ -550,6 +592,8 @@
         if (inp && out) connect(from, out, to, inp);
       }
     }
+    fitView();
+    redrawLinks();
     emit("loaded", { nodes: state.nodes.size, links: state.links.size });
   }
 
@@ -588,6 +632,8 @@
       const out = from.node.outputs[fromSlot];
       if (inp && out) connect(from.node, out, to.node, inp, typeof id === "number" ? id : undefined);
     }
+    fitView();
+    redrawLinks();
     emit("loaded", { nodes: state.nodes.size, links: state.links.size });
   }
 
@@ -681,6 +727,7 @@
       setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
     });
     $("clear-btn").addEventListener("click", () => clearGraph());
+    $("fit-btn").addEventListener("click", () => { fitView(); redrawLinks(); });
   }
 
   // ---------- queueing and execution feedback ----------
