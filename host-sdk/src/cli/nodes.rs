@@ -12,7 +12,12 @@ pub struct NodesArgs {
     #[command(flatten)]
     plugins: PluginArgs,
     /// Root directory of model files (lists of checkpoints in combo inputs come from it).
-    #[arg(long, value_name = "DIR", default_value = "models")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "models",
+        env = "ODELT_MODELS_DIR"
+    )]
     models_dir: std::path::PathBuf,
     /// Print compact JSON instead of pretty.
     #[arg(long)]

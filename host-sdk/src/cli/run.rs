@@ -21,7 +21,12 @@ pub struct RunArgs {
     #[command(flatten)]
     plugins: PluginArgs,
     /// Root directory of model files.
-    #[arg(long, value_name = "DIR", default_value = "models")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "models",
+        env = "ODELT_MODELS_DIR"
+    )]
     models_dir: PathBuf,
     /// Where output nodes write files.
     #[arg(long, value_name = "DIR", default_value = "output")]

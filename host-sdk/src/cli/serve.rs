@@ -19,7 +19,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     plugins: PluginArgs,
     /// Root directory of model files (GET /models lists its folders).
-    #[arg(long, value_name = "DIR", default_value = "models")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "models",
+        env = "ODELT_MODELS_DIR"
+    )]
     models_dir: PathBuf,
     /// Where output nodes write (served by /view?type=output).
     #[arg(long, value_name = "DIR", default_value = "output")]

@@ -6,8 +6,10 @@
 //! tensors:  "PatchEmbed_0/Conv_0/kernel" [p, p, C, H], "DiTBlock_0/Dense_1/kernel" [H, H], ...
 //! ```
 //!
-//! Reading is lazy: the file is memory-mapped and only the tensors the model asks for are copied out, so a model
-//! loaded at a short length never touches (and never makes resident) the pages of the blocks it does not need.
+//! Reading is lazy: opening validates the header (through a read-only memory map that touches only the header
+//! pages), and each tensor the model asks for is then read with one positioned read straight into the tensor's own
+//! buffer. A model loaded at a short length never reads the blocks it does not need, and no mapped file pages stay
+//! counted in the process's resident memory next to the copies.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,8 +32,8 @@ pub const FORMAT_VERSION: &str = "1";
 /// A memory-mapped odelt safetensors checkpoint.
 pub struct SafetensorsCheckpoint {
     path: PathBuf,
-    mmap: memmap2::Mmap,
-    /// Name → (dtype, shape, byte range in the mmap).
+    file: std::sync::Mutex<File>,
+    /// Name → (dtype, shape, byte range in the file).
     index: HashMap<String, (StDtype, Vec<usize>, std::ops::Range<usize>)>,
     metadata: HashMap<String, String>,
 }
@@ -65,7 +67,7 @@ impl SafetensorsCheckpoint {
             source,
         })?;
         let (index, metadata) = {
-            let st = SafeTensors::deserialize(&mmap)
+            let st = SafeTensors::deserialize(&mmap[..])
                 .map_err(|e| ckpt_err(path, format!("not a valid safetensors file: {e}")))?;
             let base = mmap.as_ptr() as usize;
             let mut index = HashMap::new();
@@ -86,9 +88,10 @@ impl SafetensorsCheckpoint {
             let metadata = header.metadata().clone().unwrap_or_default();
             (index, metadata)
         };
+        drop(mmap);
         Ok(SafetensorsCheckpoint {
             path: path.to_path_buf(),
-            mmap,
+            file: std::sync::Mutex::new(file),
             index,
             metadata,
         })
@@ -125,12 +128,40 @@ impl SafetensorsCheckpoint {
         }
     }
 
-    /// Reads one tensor (copying its bytes out of the map) on the CPU.
+    /// Reads the bytes of `range` into `buf` (one positioned read).
+    fn read_range(&self, range: &std::ops::Range<usize>, buf: &mut [u8]) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = self
+            .file
+            .lock()
+            .map_err(|_| ckpt_err(&self.path, "file handle poisoned by an earlier panic"))?;
+        f.seek(SeekFrom::Start(range.start as u64)).map_err(io)?;
+        f.read_exact(buf).map_err(io)
+    }
+
+    /// Reads one tensor from the file into CPU memory.
     pub fn read(&self, name: &str) -> Result<Option<Tensor>> {
         let Some((dtype, shape, range)) = self.index.get(name) else {
             return Ok(None);
         };
-        let bytes = &self.mmap[range.clone()];
+        if *dtype == StDtype::F32 {
+            // Read straight into the f32 buffer the tensor will own: one copy from the file.
+            let mut v = vec![0f32; range.len() / 4];
+            // SAFETY: f32 has no invalid bit patterns and u8 has alignment 1; the slice covers exactly `v`.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4) };
+            self.read_range(range, bytes)?;
+            let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)
+                .map_err(|e| ckpt_err(&self.path, format!("tensor `{name}`: {e}")))?;
+            return Ok(Some(t));
+        }
+        let mut buf = vec![0u8; range.len()];
+        self.read_range(range, &mut buf)?;
+        let bytes = &buf[..];
         let dtype = match dtype {
             StDtype::F32 => DType::F32,
             StDtype::F16 => DType::F16,
