@@ -247,9 +247,11 @@ async fn post_prompt(State(s): S, headers: HeaderMap, body: Body) -> Result<Resp
         .collect();
     let node_errors = plan.node_errors.clone();
     let extra_data = Json::Object(extra_data);
+    let request_bytes = bytes.len();
     let submitted = s.queue.submit(
         number,
         front,
+        request_bytes,
         |number, seq| QueueItem {
             number,
             seq,
@@ -260,6 +262,7 @@ async fn post_prompt(State(s): S, headers: HeaderMap, body: Body) -> Result<Resp
             outputs,
             client_id,
             opts,
+            bytes: request_bytes,
         },
         &prompt_id,
     );
@@ -281,6 +284,15 @@ async fn post_prompt(State(s): S, headers: HeaderMap, body: Body) -> Result<Resp
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_full",
                 format!("the queue is full ({limit} prompts waiting); retry later"),
+            );
+            e.retry_after = Some(1);
+            Err(e)
+        }
+        Err(SubmitError::FullBytes { limit }) => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                format!("the waiting prompts exceed {limit} bytes; retry later"),
             );
             e.retry_after = Some(1);
             Err(e)

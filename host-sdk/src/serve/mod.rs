@@ -57,6 +57,10 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Most history entries kept (oldest dropped first).
     pub max_history: usize,
+    /// Most bytes of waiting requests; more are answered 503 `queue_full`.
+    pub max_queue_bytes: usize,
+    /// Most bytes of history JSON kept (oldest dropped first; the newest always stays).
+    pub max_history_bytes: usize,
     /// Largest accepted upload body in bytes (413 beyond).
     pub max_upload_bytes: usize,
     /// Largest accepted JSON request body in bytes (413 beyond).
@@ -73,6 +77,8 @@ impl Default for ServeConfig {
             input_dir: PathBuf::from("input"),
             max_queue: 1000,
             max_history: 10_000,
+            max_queue_bytes: 512 << 20,
+            max_history_bytes: 256 << 20,
             max_upload_bytes: 32 << 20,
             max_json_bytes: 16 << 20,
             frontend_root: None,
@@ -220,7 +226,8 @@ pub fn start(plugins: Arc<PluginSet>, cfg: ServeConfig) -> Result<ServerHandle, 
     let exec = Arc::new(Executor::new(plugins, cfg.executor.clone()));
     let shared = Arc::new(Shared {
         exec,
-        queue: queue::Queue::new(cfg.max_queue, cfg.max_history),
+        queue: queue::Queue::new(cfg.max_queue, cfg.max_history)
+            .with_byte_limits(cfg.max_queue_bytes, cfg.max_history_bytes),
         hub: hub::Hub::new(),
         cfg,
         started: Instant::now(),

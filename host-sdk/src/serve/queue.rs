@@ -22,6 +22,8 @@ pub(crate) struct QueueItem {
     pub outputs: Vec<String>,
     pub client_id: Option<String>,
     pub opts: RunOptions,
+    /// Size of the request that queued it (for the queue's byte budget).
+    pub bytes: usize,
 }
 
 /// ComfyUI writes integral numbers without a fraction.
@@ -53,6 +55,8 @@ pub(crate) enum SubmitError {
     Duplicate,
     /// The queue holds `limit` prompts already.
     Full { limit: usize },
+    /// The waiting prompts' requests add up to more than `limit` bytes.
+    FullBytes { limit: usize },
     /// The server is stopping.
     Stopping,
 }
@@ -61,8 +65,10 @@ pub(crate) enum SubmitError {
 #[derive(Debug, Default)]
 pub struct History {
     order: VecDeque<String>,
-    entries: HashMap<String, Json>,
+    entries: HashMap<String, (Json, usize)>,
     cap: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 impl History {
@@ -70,23 +76,39 @@ impl History {
     pub fn new(cap: usize) -> Self {
         History {
             cap: cap.max(1),
+            max_bytes: usize::MAX,
             ..Default::default()
         }
     }
-    /// Adds (or replaces) an entry, dropping the oldest beyond the cap.
+    /// Also drops the oldest entries while their JSON adds up to more than `max_bytes`
+    /// (the newest entry is always kept).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+    /// Adds (or replaces) an entry, dropping the oldest beyond the caps.
     pub fn insert(&mut self, id: String, entry: Json) {
-        if self.entries.insert(id.clone(), entry).is_none() {
-            self.order.push_back(id);
+        let size = serde_json::to_vec(&entry).map_or(0, |v| v.len());
+        self.bytes += size;
+        match self.entries.insert(id.clone(), (entry, size)) {
+            Some((_, old)) => self.bytes -= old,
+            None => self.order.push_back(id),
         }
-        while self.order.len() > self.cap {
+        while self.order.len() > self.cap || (self.bytes > self.max_bytes && self.order.len() > 1) {
             if let Some(old) = self.order.pop_front() {
-                self.entries.remove(&old);
+                if let Some((_, n)) = self.entries.remove(&old) {
+                    self.bytes -= n;
+                }
             }
         }
     }
+    /// Bytes of JSON held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
     /// One entry.
     pub fn get(&self, id: &str) -> Option<&Json> {
-        self.entries.get(id)
+        self.entries.get(id).map(|(e, _)| e)
     }
     /// Whether `id` is present.
     pub fn contains(&self, id: &str) -> bool {
@@ -114,7 +136,7 @@ impl History {
             if max_items.is_some_and(|m| out.len() >= m) {
                 break;
             }
-            if let Some(e) = self.entries.get(id) {
+            if let Some((e, _)) = self.entries.get(id) {
                 out.insert(id.clone(), e.clone());
             }
         }
@@ -126,7 +148,9 @@ impl History {
         let before = self.order.len();
         self.order.retain(|id| !set.contains(id));
         for id in ids {
-            self.entries.remove(id);
+            if let Some((_, n)) = self.entries.remove(id) {
+                self.bytes -= n;
+            }
         }
         before - self.order.len()
     }
@@ -134,6 +158,7 @@ impl History {
     pub fn clear(&mut self) {
         self.order.clear();
         self.entries.clear();
+        self.bytes = 0;
     }
 }
 
@@ -144,6 +169,7 @@ pub(crate) struct Running {
 
 struct State {
     pending: Vec<Arc<QueueItem>>,
+    pending_bytes: usize,
     running: Option<Running>,
     history: History,
     ids: HashSet<String>,
@@ -167,6 +193,7 @@ pub(crate) struct Queue {
     state: Mutex<State>,
     cond: Condvar,
     max_pending: usize,
+    max_pending_bytes: usize,
 }
 
 impl Queue {
@@ -174,6 +201,7 @@ impl Queue {
         Queue {
             state: Mutex::new(State {
                 pending: Vec::new(),
+                pending_bytes: 0,
                 running: None,
                 history: History::new(max_history),
                 ids: HashSet::new(),
@@ -184,7 +212,16 @@ impl Queue {
             }),
             cond: Condvar::new(),
             max_pending: max_pending.max(1),
+            max_pending_bytes: usize::MAX,
         }
+    }
+
+    /// Byte budgets: waiting requests (503 beyond) and history JSON (oldest dropped).
+    pub fn with_byte_limits(mut self, pending_bytes: usize, history_bytes: usize) -> Self {
+        self.max_pending_bytes = pending_bytes.max(1);
+        let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        s.history = std::mem::take(&mut s.history).with_max_bytes(history_bytes);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -197,6 +234,7 @@ impl Queue {
         &self,
         number: Option<f64>,
         front: bool,
+        bytes: usize,
         build: impl FnOnce(f64, u64) -> QueueItem,
         prompt_id: &str,
     ) -> Result<f64, SubmitError> {
@@ -210,6 +248,11 @@ impl Queue {
         if s.pending.len() >= self.max_pending {
             return Err(SubmitError::Full {
                 limit: self.max_pending,
+            });
+        }
+        if !s.pending.is_empty() && s.pending_bytes.saturating_add(bytes) > self.max_pending_bytes {
+            return Err(SubmitError::FullBytes {
+                limit: self.max_pending_bytes,
             });
         }
         let number = match number {
@@ -231,6 +274,7 @@ impl Queue {
             .pending
             .partition_point(|p| key(p).partial_cmp(&key(&item)) == Some(std::cmp::Ordering::Less));
         s.ids.insert(item.prompt_id.clone());
+        s.pending_bytes += item.bytes;
         s.pending.insert(pos, item);
         drop(s);
         self.cond.notify_all();
@@ -252,6 +296,7 @@ impl Queue {
             }
             if !s.pending.is_empty() {
                 let item = s.pending.remove(0);
+                s.pending_bytes -= item.bytes;
                 let cancel = CancelToken::new();
                 s.running = Some(Running {
                     item: item.clone(),
@@ -289,6 +334,7 @@ impl Queue {
     pub fn clear_pending(&self) -> usize {
         let mut s = self.lock();
         let n = s.pending.len();
+        s.pending_bytes = 0;
         let ids: Vec<String> = s.pending.drain(..).map(|p| p.prompt_id.clone()).collect();
         for id in ids {
             s.ids.remove(&id);
@@ -301,6 +347,7 @@ impl Queue {
         let mut s = self.lock();
         let before = s.pending.len();
         s.pending.retain(|p| !ids.contains(&p.prompt_id));
+        s.pending_bytes = s.pending.iter().map(|p| p.bytes).sum();
         let removed = before - s.pending.len();
         for id in ids {
             let running = s.running.as_ref().is_some_and(|r| &r.item.prompt_id == id);
@@ -369,11 +416,39 @@ mod tests {
             outputs: vec![],
             client_id: None,
             opts: RunOptions::default(),
+            bytes: 100,
         }
     }
 
     fn submit(q: &Queue, id: &str, number: Option<f64>, front: bool) -> Result<f64, SubmitError> {
-        q.submit(number, front, |n, s| item(id, n, s), id)
+        q.submit(number, front, 100, |n, s| item(id, n, s), id)
+    }
+
+    #[test]
+    fn byte_budgets_bound_queue_and_history() {
+        let q = Queue::new(100, 100).with_byte_limits(250, 1 << 20);
+        submit(&q, "a", None, false).unwrap();
+        submit(&q, "b", None, false).unwrap();
+        assert_eq!(
+            submit(&q, "c", None, false),
+            Err(SubmitError::FullBytes { limit: 250 })
+        );
+        let Next::Run(..) = q.next() else {
+            panic!("expected a run")
+        };
+        submit(&q, "c", None, false).unwrap();
+        let mut h = History::new(100).with_max_bytes(30);
+        h.insert("x".into(), json!("0123456789"));
+        h.insert("y".into(), json!("0123456789"));
+        assert_eq!(h.len(), 2);
+        h.insert("z".into(), json!("0123456789"));
+        assert_eq!(h.len(), 2);
+        assert!(h.get("x").is_none());
+        h.insert("big".into(), json!("x".repeat(100)));
+        assert_eq!(h.len(), 1, "the newest entry stays even when over budget");
+        assert_eq!(h.bytes(), 102);
+        h.delete(&["big".into()]);
+        assert_eq!(h.bytes(), 0);
     }
 
     fn pending_ids(q: &Queue) -> Vec<String> {
