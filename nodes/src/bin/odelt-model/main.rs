@@ -3,8 +3,10 @@
 //! One module per subcommand (`train`, `eval`, `grid`, `classifier-train`); add new subcommands the same way.
 
 mod cmd_classifier;
+mod cmd_convert;
 mod cmd_eval;
 mod cmd_grid;
+mod cmd_report;
 mod cmd_train;
 mod common;
 mod model_io;
@@ -31,6 +33,12 @@ enum Command {
     Eval(cmd_eval::Args),
     /// Render a labelled PNG grid of class-conditional samples.
     Grid(cmd_grid::Args),
+    /// Merge the JSON outputs of several `eval` runs into one table and plot.
+    Report(cmd_report::Args),
+    /// Convert a checkpoint (e.g. an official .pkl) to the project's safetensors format.
+    Convert(cmd_convert::ConvertArgs),
+    /// Print a checkpoint's format, configuration and lengths.
+    Inspect(cmd_convert::InspectArgs),
     /// Train the small CNN classifier used for FD features and sample accuracy.
     ClassifierTrain(cmd_classifier::Args),
 }
@@ -41,6 +49,9 @@ fn main() -> Result<()> {
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Grid(a) => cmd_grid::run(a),
+        Command::Report(a) => cmd_report::run(a),
         Command::ClassifierTrain(a) => cmd_classifier::run(a),
+        Command::Convert(a) => cmd_convert::convert(a),
+        Command::Inspect(a) => cmd_convert::inspect(a),
     }
 }

@@ -1,0 +1,72 @@
+//! `odelt-model report`: merges the JSON outputs of several `eval` runs (e.g. lengths evaluated in parallel
+//! processes) into one table (markdown + CSV) and one FD-vs-latency plot.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use odelt_nodes::eval::sweep::{self, Calibration, SweepRow};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// JSON files written by `odelt-model eval` (PREFIX.json).
+    #[arg(long, value_delimiter = ',', required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output prefix: PREFIX.md, PREFIX.csv, PREFIX.png.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "Fashion-MNIST: FD vs latency")]
+    title: String,
+    /// Text put above the table (what was run, by which commands).
+    #[arg(long, default_value = "")]
+    header: String,
+}
+
+#[derive(serde::Deserialize)]
+struct EvalJson {
+    rows: Vec<SweepRow>,
+    calibration: Vec<Calibration>,
+    guidance: f64,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut rows: Vec<SweepRow> = Vec::new();
+    let mut cals: Vec<Calibration> = Vec::new();
+    let mut guidance = None;
+    for p in &a.inputs {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let e: EvalJson = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        if guidance.is_some_and(|g| g != e.guidance) {
+            bail!("{} was sampled with another guidance scale", p.display());
+        }
+        guidance = Some(e.guidance);
+        for r in e.rows {
+            if !rows.iter().any(|x| x.length == r.length && x.steps == r.steps) {
+                rows.push(r);
+            }
+        }
+        for c in e.calibration {
+            if !cals.iter().any(|x| x.n == c.n) {
+                cals.push(c);
+            }
+        }
+    }
+    rows.sort_by_key(|r| (std::cmp::Reverse(r.length), r.steps));
+    cals.sort_by_key(|c| std::cmp::Reverse(c.n));
+    if let Some(d) = a.out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let md = format!(
+        "{}{}Latency = CPU time (user+system) of sampling per image; the CSV also has wall-clock time.\n\n{}",
+        a.header,
+        if a.header.is_empty() { "" } else { "\n\n" },
+        sweep::to_markdown(&rows, &cals)
+    );
+    std::fs::write(a.out.with_extension("md"), md)?;
+    std::fs::write(a.out.with_extension("csv"), sweep::to_csv(&rows))?;
+    let title = format!("{} (w={})", a.title, guidance.unwrap_or(1.0));
+    sweep::plot(&rows, &title, cals.first().map(|c| c.fd_train_vs_test))
+        .render(800, 520)
+        .save_png(&a.out.with_extension("png"))?;
+    println!("wrote {}.{{md,csv,png}} ({} settings)", a.out.display(), rows.len());
+    Ok(())
+}
