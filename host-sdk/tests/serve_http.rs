@@ -612,6 +612,51 @@ fn information_routes_answer_under_both_prefixes() {
             0
         );
     }
+    // Safetensors metadata.
+    let header = br#"{"__metadata__":{"odelt.config":"{\"depth\":4}"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(header);
+    st.extend_from_slice(&[0u8; 4]);
+    std::fs::write(srv.models_dir().join("checkpoints/sub/m.safetensors"), &st).unwrap();
+    let meta = get(
+        srv.addr,
+        "/api/view_metadata/checkpoints?filename=sub/m.safetensors",
+    );
+    assert_eq!(meta.status, 200, "{}", meta.text());
+    assert_eq!(meta.json()["odelt.config"], "{\"depth\":4}");
+    assert_eq!(
+        get(srv.addr, "/view_metadata/checkpoints?filename=a.ckpt").status,
+        400
+    );
+    assert_eq!(
+        get(
+            srv.addr,
+            "/view_metadata/checkpoints?filename=../../x.safetensors"
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        get(
+            srv.addr,
+            "/view_metadata/checkpoints?filename=none.safetensors"
+        )
+        .status,
+        404
+    );
+    std::fs::write(
+        srv.models_dir().join("checkpoints/bad.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\xff",
+    )
+    .unwrap();
+    assert_eq!(
+        get(
+            srv.addr,
+            "/view_metadata/checkpoints?filename=bad.safetensors"
+        )
+        .status,
+        400
+    );
     let r = get(srv.addr, "/no/such/route");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["type"], "not_found");

@@ -44,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/system_stats", get(system_stats))
         .route("/models", get(models))
         .route("/models/{folder}", get(models_folder))
+        .route("/view_metadata/{folder}", get(view_metadata))
         .route("/embeddings", get(embeddings))
         .route("/extensions", get(extensions))
         .route("/features", get(features))
@@ -666,6 +667,62 @@ async fn models_folder(
         ));
     }
     Ok(json_ok(&json!(files::list_files(&dir, 10_000))))
+}
+
+/// The `__metadata__` of a safetensors file under `--models-dir/{folder}` (`{}` when it has none).
+async fn view_metadata(
+    State(s): S,
+    folder: Result<UrlPath<String>, PathRejection>,
+    q: Q,
+) -> Result<Response, ApiError> {
+    let folder = path_arg(folder)?;
+    let q = query(q)?;
+    files::check_file_name(&folder).map_err(path_fault)?;
+    let filename = q
+        .get("filename")
+        .ok_or_else(|| ApiError::bad_request("invalid_query", "filename is required"))?
+        .clone();
+    let (sub, name) = match filename.rsplit_once('/') {
+        Some((d, n)) => (d.to_string(), n.to_string()),
+        None => (String::new(), filename.clone()),
+    };
+    if !name.ends_with(".safetensors") {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("'{filename}' is not a .safetensors file"),
+        ));
+    }
+    let base = s.cfg.executor.models_dir.join(&folder);
+    let path = files::resolve_existing(&base, &sub, &name).map_err(path_fault)?;
+    let meta = tokio::task::spawn_blocking(move || safetensors_metadata(&path))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| ApiError::bad_request("invalid_file", format!("'{filename}': {e}")))?;
+    Ok(json_ok(&meta))
+}
+
+/// Reads the JSON header of a safetensors file (at most 100 MB) and returns `__metadata__`.
+fn safetensors_metadata(path: &std::path::Path) -> Result<Json, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| "too short for a safetensors header".to_string())?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(format!("header of {len} bytes is too large"));
+    }
+    let mut head = vec![0u8; len as usize];
+    f.read_exact(&mut head)
+        .map_err(|_| "truncated safetensors header".to_string())?;
+    let v: Json = serde_json::from_slice(&head).map_err(|e| format!("header is not JSON: {e}"))?;
+    Ok(v.get("__metadata__").cloned().unwrap_or_else(|| json!({})))
 }
 
 async fn embeddings(State(s): S) -> Response {
