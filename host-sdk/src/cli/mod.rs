@@ -82,6 +82,54 @@ impl PluginArgs {
     }
 }
 
+/// Where an executor finds models and writes files, and what it runs on (shared by `run` and `serve`).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Root directory of model files (checkpoint lists in node inputs come from it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "models",
+        env = "ODELT_MODELS_DIR"
+    )]
+    pub models_dir: PathBuf,
+    /// Where output nodes write files.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub output_dir: PathBuf,
+    /// Where preview nodes write temporary files.
+    #[arg(long, value_name = "DIR", default_value = "temp")]
+    pub temp_dir: PathBuf,
+    /// Device for device-bound nodes, e.g. cpu or cuda:0.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Maximum number of nodes running at once (default: number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+impl ExecArgs {
+    /// The executor configuration these flags describe.
+    pub fn executor_config(&self) -> odelt_host::ExecutorConfig {
+        let mut config = odelt_host::ExecutorConfig {
+            device: self.device.clone(),
+            output_dir: self.output_dir.clone(),
+            temp_dir: self.temp_dir.clone(),
+            models_dir: self.models_dir.clone(),
+            ..odelt_host::ExecutorConfig::default()
+        };
+        if let Some(w) = self.workers {
+            config.workers = w.max(1);
+        }
+        config
+    }
+
+    /// Exports the models directory for the plugins (see [`export_models_dir`]), then loads them.
+    pub fn load_plugins(&self, plugins: &PluginArgs) -> Result<Arc<PluginSet>, String> {
+        export_models_dir(&self.models_dir);
+        plugins.load()
+    }
+}
+
 /// Tells plugins where the models are before they load: plugins build their file lists (ComfyUI combo inputs) when
 /// they describe their nodes, and read `ODELT_MODELS_DIR` for it. Called before any thread is started.
 pub fn export_models_dir(dir: &std::path::Path) {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use odelt_host::{CancelToken, Executor, ExecutorConfig, RunError, RunOptions, Workflow};
+use odelt_host::{CancelToken, Executor, RunError, RunOptions, Workflow};
 use serde_json::json;
 
 use super::progress::ProgressDisplay;
@@ -20,29 +20,11 @@ pub struct RunArgs {
     workflow: PathBuf,
     #[command(flatten)]
     plugins: PluginArgs,
-    /// Root directory of model files.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "models",
-        env = "ODELT_MODELS_DIR"
-    )]
-    models_dir: PathBuf,
-    /// Where output nodes write files.
-    #[arg(long, value_name = "DIR", default_value = "output")]
-    output_dir: PathBuf,
-    /// Where preview nodes write temporary files.
-    #[arg(long, value_name = "DIR", default_value = "temp")]
-    temp_dir: PathBuf,
+    #[command(flatten)]
+    exec: super::ExecArgs,
     /// Override an input: NODE.INPUT=VALUE (repeatable).
     #[arg(long = "set", value_name = "NODE.INPUT=VALUE")]
     set: Vec<String>,
-    /// Device for device-bound nodes, e.g. cpu or cuda:0.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Maximum number of nodes running at once (default: number of CPUs).
-    #[arg(long)]
-    workers: Option<usize>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -65,23 +47,11 @@ pub fn run(a: RunArgs) -> ExitCode {
             return fail(EXIT_FAILURE, &format!("--set {s}: {e}"), None);
         }
     }
-    let plugins = match {
-        super::export_models_dir(&a.models_dir);
-        a.plugins.load()
-    } {
+    let plugins = match a.exec.load_plugins(&a.plugins) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e, None),
     };
-    let mut config = ExecutorConfig {
-        device: a.device.clone(),
-        output_dir: a.output_dir.clone(),
-        temp_dir: a.temp_dir.clone(),
-        models_dir: a.models_dir.clone(),
-        ..ExecutorConfig::default()
-    };
-    if let Some(w) = a.workers {
-        config.workers = w.max(1);
-    }
+    let config = a.exec.executor_config();
     let exec = Executor::new(plugins.clone(), config);
 
     let cancel = CancelToken::new();

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Args;
 use odelt_host::serve::{start, ServeConfig};
-use odelt_host::ExecutorConfig;
 
 use super::{fail, PluginArgs, EXIT_FAILURE};
 
@@ -18,29 +17,11 @@ pub struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     plugins: PluginArgs,
-    /// Root directory of model files (GET /models lists its folders).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "models",
-        env = "ODELT_MODELS_DIR"
-    )]
-    models_dir: PathBuf,
-    /// Where output nodes write (served by /view?type=output).
-    #[arg(long, value_name = "DIR", default_value = "output")]
-    output_dir: PathBuf,
+    #[command(flatten)]
+    exec: super::ExecArgs,
     /// Where uploads go (/upload/image, /view?type=input).
     #[arg(long, value_name = "DIR", default_value = "input")]
     input_dir: PathBuf,
-    /// Where preview nodes write temporary files (/view?type=temp).
-    #[arg(long, value_name = "DIR", default_value = "temp")]
-    temp_dir: PathBuf,
-    /// Device for device-bound nodes, e.g. cpu or cuda:0.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Maximum number of nodes running at once (default: number of CPUs).
-    #[arg(long)]
-    workers: Option<usize>,
     /// Most prompts waiting; more are refused with 503 until the queue drains.
     #[arg(long, default_value_t = 1000)]
     max_queue: usize,
@@ -55,24 +36,14 @@ pub struct ServeArgs {
 
 /// Runs `odelt serve` until the process is stopped.
 pub fn serve(a: ServeArgs) -> ExitCode {
-    super::export_models_dir(&a.models_dir);
-    let plugins = match a.plugins.load() {
+    let plugins = match a.exec.load_plugins(&a.plugins) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e, None),
     };
     for w in plugins.warnings() {
         eprintln!("warning: {w}");
     }
-    let mut executor = ExecutorConfig {
-        device: a.device.clone(),
-        output_dir: a.output_dir.clone(),
-        temp_dir: a.temp_dir.clone(),
-        models_dir: a.models_dir.clone(),
-        ..ExecutorConfig::default()
-    };
-    if let Some(w) = a.workers {
-        executor.workers = w.max(1);
-    }
+    let executor = a.exec.executor_config();
     let cfg = ServeConfig {
         listen: a.listen,
         executor,
