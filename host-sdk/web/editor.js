@@ -4,6 +4,7 @@
 (function () {
   const API = "/api";
   const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
+  const CONTROL_MODES = ["fixed", "increment", "decrement", "randomize"];
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -229,6 +230,14 @@
           inp.widget = makeWidget(t, spec);
           inp.widget.el.setAttribute("data-input", name);
           row.appendChild(inp.widget.el);
+          // ComfyUI's "control after generate": what happens to a seed after each queue.
+          if (t === "INT" && o.control_after_generate) {
+            inp.control = el("select", { class: "widget control", title: "after each queue", "data-control": name });
+            for (const c of CONTROL_MODES) inp.control.appendChild(el("option", { value: c, text: c }));
+            inp.control.value = "fixed";
+            inp.control.addEventListener("pointerdown", (e) => e.stopPropagation());
+            row.appendChild(inp.control);
+          }
         }
         socket.addEventListener("pointerdown", (e) => startDragFromInput(e, node, inp));
         node.inputs.push(inp);
@@ -502,7 +511,7 @@
       for (const inp of node.inputs) {
         if (!inp.widget) continue;
         widgets.push(inp.widget.get());
-        if (specOpts(inp.spec).control_after_generate) widgets.push("fixed");
+        if (specOpts(inp.spec).control_after_generate) widgets.push(inp.control ? inp.control.value : "fixed");
       }
       nodes.push({
         id: numId(node.id), type: node.type, pos: [node.x, node.y],
@@ -615,7 +624,10 @@
           if (!inp.widget) continue;
           if (k < vals.length) inp.widget.set(vals[k]);
           k++;
-          if (specOpts(inp.spec).control_after_generate) k++;
+          if (specOpts(inp.spec).control_after_generate) {
+            if (inp.control && CONTROL_MODES.includes(vals[k])) inp.control.value = vals[k];
+            k++;
+          }
         }
       } else if (vals && typeof vals === "object") {
         for (const inp of node.inputs) if (inp.widget && inp.name in vals) inp.widget.set(vals[inp.name]);
@@ -771,9 +783,27 @@
       return null;
     }
     state.promptIds.add(data.prompt_id);
+    applyControls();
     message("Queued " + data.prompt_id.slice(0, 8));
     emit("queued", data);
     return data.prompt_id;
+  }
+
+  // After a queue: seeds set to increment/decrement/randomize change, within their range.
+  function applyControls() {
+    for (const node of state.nodes.values()) {
+      for (const inp of node.inputs) {
+        if (!inp.control || inp.link || inp.control.value === "fixed") continue;
+        const o = specOpts(inp.spec);
+        const lo = o.min !== undefined ? o.min : 0;
+        const hi = Math.min(o.max !== undefined ? o.max : Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+        let v = inp.widget.get();
+        if (inp.control.value === "increment") v = Math.min(hi, v + 1);
+        else if (inp.control.value === "decrement") v = Math.max(lo, v - 1);
+        else v = lo + Math.floor(Math.random() * (hi - lo + 1));
+        inp.widget.set(v);
+      }
+    }
   }
 
   function nodeFor(id) { return id === null || id === undefined ? null : state.nodes.get(String(id)); }
