@@ -289,7 +289,12 @@ fn garbage_on_the_wire_does_not_hurt_the_server() {
     ] {
         let t = std::time::Instant::now();
         let out = raw(&junk);
-        eprintln!("junk of {} bytes: {} bytes back in {:?}", junk.len(), out.len(), t.elapsed());
+        eprintln!(
+            "junk of {} bytes: {} bytes back in {:?}",
+            junk.len(),
+            out.len(),
+            t.elapsed()
+        );
         if !out.is_empty() {
             let status = parse_response(&out).status;
             assert!((400..500).contains(&status), "status {status}");

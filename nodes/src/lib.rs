@@ -13,16 +13,16 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod params;
 pub mod pipeline;
 pub mod sample;
 pub mod solver;
-pub mod vae;
 pub mod train;
-pub mod data;
-pub mod eval;
+pub mod vae;
 
 pub use config::DitConfig;
 pub use error::{Error, Result};
