@@ -11,7 +11,9 @@ use golden_common::{cpu, data_dir, rel_l2};
 use odelt_nodes::params::TensorMap;
 use odelt_nodes::{Dit, DitConfig};
 
-const TOL: f64 = 1e-4;
+/// Observed ~3e-7 (f32 vs f64). Tighter than 1e-4 on purpose: erf-GELU instead of tanh-GELU moves config (a) by only
+/// ~8e-5, which 1e-4 would let through.
+const TOL: f64 = 1e-5;
 
 struct Reference {
     npz: NpzTensors,
