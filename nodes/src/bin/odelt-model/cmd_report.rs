@@ -8,7 +8,7 @@ use odelt_nodes::eval::sweep::{self, Calibration, SweepRow};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// JSON files written by `odelt-model eval` (PREFIX.json).
+    /// JSON files written by `odelt-model eval` (PREFIX.json); for a (T, l) present in several, the first wins.
     #[arg(long, value_delimiter = ',', required = true)]
     inputs: Vec<PathBuf>,
     /// Output prefix: PREFIX.md, PREFIX.csv, PREFIX.png.
@@ -33,14 +33,19 @@ pub fn run(a: Args) -> Result<()> {
     let mut cals: Vec<Calibration> = Vec::new();
     let mut guidance = None;
     for p in &a.inputs {
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        let e: EvalJson = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let e: EvalJson =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
         if guidance.is_some_and(|g| g != e.guidance) {
             bail!("{} was sampled with another guidance scale", p.display());
         }
         guidance = Some(e.guidance);
         for r in e.rows {
-            if !rows.iter().any(|x| x.length == r.length && x.steps == r.steps) {
+            if !rows
+                .iter()
+                .any(|x| x.length == r.length && x.steps == r.steps)
+            {
                 rows.push(r);
             }
         }
@@ -51,6 +56,8 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     rows.sort_by_key(|r| (std::cmp::Reverse(r.length), r.steps));
+    // Only the calibrations for sample counts that some row uses.
+    cals.retain(|c| rows.iter().any(|r| r.n == c.n));
     cals.sort_by_key(|c| std::cmp::Reverse(c.n));
     if let Some(d) = a.out.parent() {
         std::fs::create_dir_all(d)?;
@@ -67,6 +74,10 @@ pub fn run(a: Args) -> Result<()> {
     sweep::plot(&rows, &title, cals.first().map(|c| c.fd_train_vs_test))
         .render(800, 520)
         .save_png(&a.out.with_extension("png"))?;
-    println!("wrote {}.{{md,csv,png}} ({} settings)", a.out.display(), rows.len());
+    println!(
+        "wrote {}.{{md,csv,png}} ({} settings)",
+        a.out.display(),
+        rows.len()
+    );
     Ok(())
 }
