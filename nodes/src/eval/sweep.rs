@@ -29,7 +29,7 @@ pub struct SweepOptions {
 }
 
 /// One (l, T) result.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SweepRow {
     pub length: usize,
     pub steps: usize,
@@ -46,7 +46,7 @@ pub struct SweepRow {
 }
 
 /// Real-vs-real calibration: `n` training images against the test-set statistics.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Calibration {
     pub n: usize,
     pub n_test: usize,
