@@ -6,8 +6,7 @@ pub mod browser;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,42 +14,11 @@ use odelt_host::serve::{start, ServeConfig, ServerHandle};
 use odelt_host::{ExecutorConfig, PluginSet};
 use serde_json::{json, Value as Json};
 
-/// `target/release` (or `$CARGO_TARGET_DIR/release`).
-pub fn release_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release")
-}
-
-/// The built test plugin, or a panic saying how to build it.
-pub fn test_plugin() -> PathBuf {
-    let p = release_dir().join(format!(
-        "{}odelt_test_plugin{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    assert!(
-        p.exists(),
-        "{} is missing: build it first with `cargo build --release -p odelt-test-plugin` \
-         (or `cargo build --release --workspace`)",
-        p.display()
-    );
-    p
-}
-
-/// A fresh, empty directory under the system temp dir.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "odelt-serve-test-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).expect("create temp dir");
-    p
-}
+// Locating the built libraries and temporary folders: the same helpers as the other host tests.
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)]
+pub use common::{release_dir, temp_dir, test_plugin};
 
 /// A server on a free loopback port with its own folders.
 pub struct TestServer {
