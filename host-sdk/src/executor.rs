@@ -511,25 +511,12 @@ impl Executor {
                     failure.is_some() || interrupted_at.is_some() || run.cancel.is_cancelled();
                 if !stop {
                     // One runnable node and nothing else running: run it here (no thread hop).
+                    // Its result takes the same path as a worker's, below.
                     if in_flight == 0 && ready.len() == 1 {
                         let i = ready.pop_front().expect("one ready node");
                         let inputs = gather_inputs(&plan.nodes[i], &results);
-                        let done = self.invoke(plan, run, i, inputs);
-                        let stopped = self.complete(
-                            plan,
-                            run,
-                            &keys,
-                            run_id,
-                            done,
-                            &mut results,
-                            &mut executed,
-                            &mut failure,
-                            &mut interrupted_at,
-                        );
-                        if !stopped {
-                            release(i, &users, &mut pending, &mut ready);
-                        }
-                        continue;
+                        in_flight += 1;
+                        let _ = done_tx.send(self.invoke(plan, run, i, inputs));
                     }
                     while let Some(i) = ready.pop_front() {
                         if workers < max_workers && workers < in_flight + 1 {
