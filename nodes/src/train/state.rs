@@ -48,10 +48,22 @@ pub fn save(path: &Path, s: &TrainState) -> Result<()> {
     meta.insert(KEY_ADAM_T.to_string(), s.adam_t.to_string());
     let mut items: Vec<(String, Tensor)> = Vec::new();
     for (i, n) in s.names.iter().enumerate() {
-        items.push((format!("p/{n}"), s.params[i].contiguous()?));
-        items.push((format!("ema/{n}"), s.ema[i].contiguous()?));
-        items.push((format!("m/{n}"), s.m[i].contiguous()?));
-        items.push((format!("v/{n}"), s.v[i].contiguous()?));
+        items.push((
+            format!("p/{n}"),
+            s.params[i].to_device(&Device::Cpu)?.contiguous()?,
+        ));
+        items.push((
+            format!("ema/{n}"),
+            s.ema[i].to_device(&Device::Cpu)?.contiguous()?,
+        ));
+        items.push((
+            format!("m/{n}"),
+            s.m[i].to_device(&Device::Cpu)?.contiguous()?,
+        ));
+        items.push((
+            format!("v/{n}"),
+            s.v[i].to_device(&Device::Cpu)?.contiguous()?,
+        ));
     }
     let tmp = path.with_extension("tmp");
     safetensors::serialize_to_file(items.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), &tmp)

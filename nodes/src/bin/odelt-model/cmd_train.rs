@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use odelt_nodes::data::fashion_mnist::Split;
 use odelt_nodes::train::optim::AdamWParams;
@@ -69,10 +68,14 @@ pub struct Args {
     /// Print a plain log line every N steps (also when the progress bar is hidden, e.g. under nohup).
     #[arg(long, default_value_t = 25)]
     log_every: u64,
+    /// Where to train: `cpu`, or `cuda` / `cuda:N` (needs a build with `--features odelt-nodes/cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = Device::Cpu;
+    let device = odelt_nodes::pipeline::device::device(&a.device)
+        .with_context(|| format!("opening device `{}`", a.device))?;
     let data = a.data.load(Split::Train)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let state_path = a.out.join("state.safetensors");

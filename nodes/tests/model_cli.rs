@@ -1,0 +1,198 @@
+//! End-to-end test of the `odelt-model` command on a tiny synthetic run: train, resume, export, grid and eval, and
+//! the errors a user gets for a bad device or a missing model.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn odelt_model(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_odelt-model"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("run odelt-model")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("odelt-model-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const CLASSIFIER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/classifier.safetensors"
+);
+
+const TINY: &[&str] = &[
+    "--synthetic",
+    "64",
+    "--batch",
+    "8",
+    "--hidden",
+    "16",
+    "--heads",
+    "2",
+    "--depth",
+    "4",
+    "--depth-group",
+    "2",
+    "--depth-min",
+    "2",
+    "--warmup",
+    "1",
+    "--lr",
+    "1e-3",
+    "--log-every",
+    "1",
+];
+
+fn log_rows(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("log.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn train_resume_export_grid_eval() {
+    let dir = fresh_dir("e2e");
+    let run = dir.join("run");
+    let export = dir.join("model.safetensors");
+    let mut args = vec![
+        "train",
+        "--out",
+        s(&run),
+        "--export",
+        s(&export),
+        "--steps",
+        "3",
+    ];
+    args.extend_from_slice(TINY);
+    ok(&odelt_model(&args), "train");
+    assert!(run.join("state.safetensors").exists());
+    assert!(export.exists());
+    assert_eq!(log_rows(&run).len(), 3);
+
+    // A second, uninterrupted run of 5 steps and a 3 + resume-to-5 run agree on every logged loss.
+    let straight = dir.join("straight");
+    let mut args = vec!["train", "--out", s(&straight), "--steps", "5"];
+    args.extend_from_slice(TINY);
+    ok(&odelt_model(&args), "train 5 steps");
+    let args = vec![
+        "train",
+        "--out",
+        s(&run),
+        "--export",
+        s(&export),
+        "--resume",
+        "--steps",
+        "5",
+        "--synthetic",
+        "64",
+    ];
+    let text = ok(&odelt_model(&args), "resume");
+    assert!(text.contains("resumed at step 3"), "{text}");
+    let loss = |row: &String| row.split(',').take(6).skip(2).collect::<Vec<_>>().join(",");
+    let a: Vec<String> = log_rows(&run).iter().map(loss).collect();
+    let b: Vec<String> = log_rows(&straight).iter().map(loss).collect();
+    assert_eq!(a, b, "resumed run diverged from the straight one");
+
+    let grid = dir.join("grid.png");
+    ok(
+        &odelt_model(&[
+            "grid",
+            "--model",
+            s(&export),
+            "--out",
+            s(&grid),
+            "--steps",
+            "2",
+            "--rows",
+            "2",
+        ]),
+        "grid",
+    );
+    let file = std::io::BufReader::new(std::fs::File::open(&grid).unwrap());
+    let reader = png::Decoder::new(file).read_info().expect("grid is a PNG");
+    let (w, h) = (reader.info().width, reader.info().height);
+    assert!(w >= 10 * 28 && h >= 2 * 28, "{w}x{h}");
+
+    let prefix = dir.join("eval");
+    let text = ok(
+        &odelt_model(&[
+            "eval",
+            "--synthetic",
+            "64",
+            "--model",
+            s(&export),
+            "--out",
+            s(&prefix),
+            "--steps",
+            "1,2",
+            "--n",
+            "20",
+            "--batch",
+            "10",
+            "--classifier",
+            CLASSIFIER,
+        ]),
+        "eval",
+    );
+    assert!(text.contains("FD"), "{text}");
+    for ext in ["md", "csv", "png", "json"] {
+        assert!(prefix.with_extension(ext).exists(), "eval wrote no .{ext}");
+    }
+    let csv = std::fs::read_to_string(prefix.with_extension("csv")).unwrap();
+    // one row per (T, l): T in {1, 2}, l in {2, 4}
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_device_and_missing_model_are_named() {
+    let dir = fresh_dir("errors");
+    let mut args = vec![
+        "train",
+        "--out",
+        s(&dir),
+        "--steps",
+        "1",
+        "--device",
+        "tpu:0",
+    ];
+    args.extend_from_slice(TINY);
+    let out = odelt_model(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tpu:0"), "{err}");
+
+    let missing = dir.join("nope.safetensors");
+    let out = odelt_model(&[
+        "grid",
+        "--model",
+        s(&missing),
+        "--out",
+        s(&dir.join("g.png")),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.safetensors"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
