@@ -48,7 +48,7 @@ for _ in $(seq 1 60); do
     sleep 1
     ok=1
     for v in main nolen notime; do
-        [ "$(wc -l < /tmp/cal/$v/log.csv 2>/dev/null || echo 0)" -gt 80 ] || ok=0
+        [ "$(wc -l 2>/dev/null < /tmp/cal/$v/log.csv || echo 0)" -gt 80 ] || ok=0
     done
     [ $ok = 1 ] && break
 done
@@ -58,7 +58,7 @@ kill $PIDS 2>/dev/null
 wait $PIDS 2>/dev/null
 STEP_S=0
 for v in main nolen notime; do
-    n=$(($(wc -l < /tmp/cal/$v/log.csv 2>/dev/null || echo 1) - 1))
+    n=$(($(wc -l 2>/dev/null < /tmp/cal/$v/log.csv || echo 1) - 1))
     if [ "$n" -lt 20 ]; then echo "calibration of $v failed ($n steps):"; tail -20 /tmp/cal/$v.txt; exit 1; fi
     # median seconds per step after the first 10 (warm-up, kernel loading)
     s=$(tail -n +12 /tmp/cal/$v/log.csv | cut -d, -f7 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')

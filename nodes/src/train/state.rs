@@ -47,23 +47,12 @@ pub fn save(path: &Path, s: &TrainState) -> Result<()> {
     meta.insert(KEY_STEP.to_string(), s.step.to_string());
     meta.insert(KEY_ADAM_T.to_string(), s.adam_t.to_string());
     let mut items: Vec<(String, Tensor)> = Vec::new();
-    for (i, n) in s.names.iter().enumerate() {
-        items.push((
-            format!("p/{n}"),
-            s.params[i].to_device(&Device::Cpu)?.contiguous()?,
-        ));
-        items.push((
-            format!("ema/{n}"),
-            s.ema[i].to_device(&Device::Cpu)?.contiguous()?,
-        ));
-        items.push((
-            format!("m/{n}"),
-            s.m[i].to_device(&Device::Cpu)?.contiguous()?,
-        ));
-        items.push((
-            format!("v/{n}"),
-            s.v[i].to_device(&Device::Cpu)?.contiguous()?,
-        ));
+    for (prefix, tensors) in [("p", &s.params), ("ema", &s.ema), ("m", &s.m), ("v", &s.v)] {
+        for (n, t) in s.names.iter().zip(tensors.iter()) {
+            // a state trained on a GPU is written from host memory
+            let t = t.to_device(&Device::Cpu)?.contiguous()?;
+            items.push((format!("{prefix}/{n}"), t));
+        }
     }
     let tmp = path.with_extension("tmp");
     safetensors::serialize_to_file(items.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), &tmp)
