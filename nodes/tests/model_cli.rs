@@ -134,7 +134,7 @@ fn train_resume_export_grid_eval() {
     let (w, h) = (reader.info().width, reader.info().height);
     assert!(w >= 10 * 28 && h >= 2 * 28, "{w}x{h}");
 
-    let prefix = dir.join("eval");
+    let prefix = dir.join("eval-w1.5"); // a dot in the prefix must survive
     let text = ok(
         &odelt_model(&[
             "eval",
@@ -156,10 +156,12 @@ fn train_resume_export_grid_eval() {
         "eval",
     );
     assert!(text.contains("FD"), "{text}");
+    let file = |ext: &str| dir.join(format!("eval-w1.5.{ext}"));
     for ext in ["md", "csv", "png", "json"] {
-        assert!(prefix.with_extension(ext).exists(), "eval wrote no .{ext}");
+        assert!(file(ext).exists(), "eval wrote no eval-w1.5.{ext}");
     }
-    let csv = std::fs::read_to_string(prefix.with_extension("csv")).unwrap();
+    assert!(!file("md").with_file_name("eval-w1.md").exists());
+    let csv = std::fs::read_to_string(file("csv")).unwrap();
     // one row per (T, l): T in {1, 2}, l in {2, 4}
     assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
     let _ = std::fs::remove_dir_all(&dir);

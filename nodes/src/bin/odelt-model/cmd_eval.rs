@@ -12,7 +12,7 @@ use odelt_nodes::eval::classifier::{Classifier, FEATURE_DIM};
 use odelt_nodes::eval::frechet::{frechet_distance, Gaussian};
 use odelt_nodes::eval::sweep::{self, Calibration, SweepOptions};
 
-use crate::common::DataArgs;
+use crate::common::{prefixed, DataArgs};
 use crate::model_io::{fixed_dt_base, load_model};
 
 #[derive(clap::Args, Debug)]
@@ -125,7 +125,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let start = Instant::now();
     let mut rows = Vec::new();
-    let log_path = a.out.with_extension("log.csv");
+    let log_path = prefixed(&a.out, "log.csv");
     let mut log = std::fs::File::create(&log_path)?;
     for &t in &a.steps {
         for &l in &lengths {
@@ -166,10 +166,10 @@ pub fn run(a: Args) -> Result<()> {
         a.batch,
         sweep::to_markdown(&rows, &cals)
     );
-    std::fs::write(a.out.with_extension("md"), md)?;
-    std::fs::write(a.out.with_extension("csv"), sweep::to_csv(&rows))?;
+    std::fs::write(prefixed(&a.out, "md"), md)?;
+    std::fs::write(prefixed(&a.out, "csv"), sweep::to_csv(&rows))?;
     std::fs::write(
-        a.out.with_extension("json"),
+        prefixed(&a.out, "json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "model": a.model, "rows": rows, "calibration": cals, "n": a.n, "guidance": a.guidance,
             "seed": a.seed, "batch": a.batch, "seconds": start.elapsed().as_secs_f64(),
@@ -178,7 +178,7 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     sweep::plot(&rows, &title, Some(cal.fd_train_vs_test))
         .render(800, 520)
-        .save_png(&a.out.with_extension("png"))?;
+        .save_png(&prefixed(&a.out, "png"))?;
     println!(
         "wrote {}.{{md,csv,json,png}} in {:.0}s",
         a.out.display(),

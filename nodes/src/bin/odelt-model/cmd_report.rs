@@ -1,6 +1,7 @@
 //! `odelt-model report`: merges the JSON outputs of several `eval` runs (e.g. lengths evaluated in parallel
 //! processes) into one table (markdown + CSV) and one FD-vs-latency plot.
 
+use crate::common::prefixed;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -68,12 +69,12 @@ pub fn run(a: Args) -> Result<()> {
         if a.header.is_empty() { "" } else { "\n\n" },
         sweep::to_markdown(&rows, &cals)
     );
-    std::fs::write(a.out.with_extension("md"), md)?;
-    std::fs::write(a.out.with_extension("csv"), sweep::to_csv(&rows))?;
+    std::fs::write(prefixed(&a.out, "md"), md)?;
+    std::fs::write(prefixed(&a.out, "csv"), sweep::to_csv(&rows))?;
     let title = format!("{} (w={})", a.title, guidance.unwrap_or(1.0));
     sweep::plot(&rows, &title, cals.first().map(|c| c.fd_train_vs_test))
         .render(800, 520)
-        .save_png(&a.out.with_extension("png"))?;
+        .save_png(&prefixed(&a.out, "png"))?;
     println!(
         "wrote {}.{{md,csv,png}} ({} settings)",
         a.out.display(),

@@ -39,3 +39,29 @@ pub fn ensure_parent(p: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// `PREFIX.ext` for an output prefix. Unlike `Path::with_extension`, keeps dots that belong to the prefix
+/// (`runs/w1.5` gives `runs/w1.5.md`, not `runs/w1.md`).
+pub fn prefixed(prefix: &Path, ext: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixed_keeps_dots_of_the_prefix() {
+        assert_eq!(
+            prefixed(Path::new("a/w1.5-l6"), "md"),
+            PathBuf::from("a/w1.5-l6.md")
+        );
+        assert_eq!(
+            prefixed(Path::new("out"), "log.csv"),
+            PathBuf::from("out.log.csv")
+        );
+    }
+}
