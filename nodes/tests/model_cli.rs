@@ -114,6 +114,36 @@ fn train_resume_export_grid_eval() {
     let b: Vec<String> = log_rows(&straight).iter().map(loss).collect();
     assert_eq!(a, b, "resumed run diverged from the straight one");
 
+    // A training state converts to a model file: its EMA weights are exactly the trainer's export at that step,
+    // its raw weights are another set.
+    let (ema, raw) = (dir.join("ema.safetensors"), dir.join("raw.safetensors"));
+    let state = run.join("state.safetensors");
+    ok(
+        &odelt_model(&["convert", s(&state), s(&ema), "--weights", "params_ema"]),
+        "convert ema",
+    );
+    ok(
+        &odelt_model(&["convert", s(&state), s(&raw), "--weights", "params"]),
+        "convert raw",
+    );
+    let tensors = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut v: Vec<(String, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.data().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        tensors(&ema),
+        tensors(&export),
+        "EMA conversion differs from the export"
+    );
+    assert_ne!(tensors(&raw), tensors(&export), "raw weights equal the EMA");
+
     let grid = dir.join("grid.png");
     ok(
         &odelt_model(&[

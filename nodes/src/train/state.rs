@@ -64,6 +64,69 @@ pub fn save(path: &Path, s: &TrainState) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` is a training state written by [`save`] (reads only the safetensors header).
+pub fn is_state(path: &Path) -> bool {
+    fn has_step(path: &Path) -> Option<bool> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).ok()?;
+        let n = usize::try_from(u64::from_le_bytes(n)).ok()?;
+        if n > 100 << 20 {
+            return None;
+        }
+        let mut header = vec![0u8; n];
+        f.read_exact(&mut header).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        Some(v.get("__metadata__")?.get(KEY_STEP).is_some())
+    }
+    has_step(path).unwrap_or(false)
+}
+
+/// Writes weights (`tensors`, in `names` order) in the project's model format: the config, the training options,
+/// the step and which weights they are (`ema` or `params`) go into the metadata. Used for the trainer's exports
+/// and for `odelt-model convert STATE MODEL` (either set of weights from a saved state).
+#[allow(clippy::too_many_arguments)]
+pub fn export_weights(
+    path: &Path,
+    cfg: &DitConfig,
+    names: &[String],
+    tensors: &[Tensor],
+    options_json: &str,
+    step: u64,
+    ema: bool,
+    extra: &[(&str, String)],
+) -> Result<()> {
+    let named: Vec<(String, Tensor)> = names.iter().cloned().zip(tensors.iter().cloned()).collect();
+    let mut meta: Vec<(&str, String)> = vec![
+        ("odelt.training", options_json.to_string()),
+        ("odelt.trained_steps", step.to_string()),
+        (
+            "odelt.weights",
+            if ema { "ema" } else { "params" }.to_string(),
+        ),
+    ];
+    meta.extend(extra.iter().cloned());
+    crate::checkpoint::safetensors_format::save(path, cfg, &named, &meta)
+}
+
+impl TrainState {
+    /// Writes the EMA (`ema = true`) or the raw weights of this state as a model file (see [`export_weights`]).
+    pub fn export(&self, path: &Path, ema: bool) -> Result<()> {
+        let tensors = if ema { &self.ema } else { &self.params };
+        export_weights(
+            path,
+            &self.config,
+            &self.names,
+            tensors,
+            &self.options_json,
+            self.step,
+            ema,
+            &[],
+        )
+    }
+}
+
 /// Reads a state written by [`save`]; `names` fixes the parameter order.
 pub fn load(path: &Path, device: &Device) -> Result<TrainState> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {

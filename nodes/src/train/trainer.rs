@@ -214,32 +214,22 @@ impl Trainer {
     /// Writes the model in the project's safetensors format (Flax names, config in the metadata): the EMA weights
     /// (`ema = true`, what is shipped) or the raw ones.
     pub fn export(&self, path: &Path, ema: bool, extra: &[(&str, String)]) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> = if ema {
-            self.names
-                .iter()
-                .cloned()
-                .zip(self.ema.values.iter().cloned())
-                .collect()
+        let tensors: Vec<Tensor> = if ema {
+            self.ema.values.clone()
         } else {
-            self.names
-                .iter()
-                .cloned()
-                .zip(self.vars.iter().map(|v| v.as_tensor().detach()))
-                .collect()
+            self.vars.iter().map(|v| v.as_tensor().detach()).collect()
         };
-        let mut meta: Vec<(&str, String)> = vec![
-            (
-                "odelt.training",
-                serde_json::to_string(&self.opts).unwrap_or_default(),
-            ),
-            ("odelt.trained_steps", self.step.to_string()),
-            (
-                "odelt.weights",
-                if ema { "ema" } else { "params" }.to_string(),
-            ),
-        ];
-        meta.extend(extra.iter().cloned());
-        crate::checkpoint::safetensors_format::save(path, &self.cfg, &tensors, &meta)
+        let options_json = serde_json::to_string(&self.opts).unwrap_or_default();
+        state::export_weights(
+            path,
+            &self.cfg,
+            &self.names,
+            &tensors,
+            &options_json,
+            self.step,
+            ema,
+            extra,
+        )
     }
 
     /// Runs until `opts.steps`, calling `on_step(step_done, terms, seconds_for_that_step)` after each step and

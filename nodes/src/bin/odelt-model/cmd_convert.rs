@@ -4,14 +4,17 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use candle_core::Device;
 use odelt_nodes::checkpoint::{self, ConfigOverrides, LoadOptions, WeightsSlot};
+use odelt_nodes::train::state;
 
 use crate::common::ensure_parent;
 
 /// What a checkpoint does not record, shared by both commands.
 #[derive(clap::Args, Debug)]
 pub struct ConfigArgs {
-    /// Parameter tree of an official pickle: params (what the official evaluation uses) or params_ema.
+    /// Parameter tree of an official pickle: params (what the official evaluation uses) or params_ema; of a
+    /// training state (`state.safetensors` of `odelt-model train`): its raw weights (params) or their EMA.
     #[arg(long, default_value = "params")]
     weights: WeightsSlot,
     /// Configuration preset for what the file does not record: auto (recognise DiT-B / DiT-XL by shape), dit-b,
@@ -51,7 +54,7 @@ impl ConfigArgs {
 /// Convert a checkpoint (typically an official .pkl) to the project's safetensors format.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  odelt-model convert celeba-shortcut-odelt.pkl models/celeba-dit-b.safetensors --preset dit-b\n  odelt-model convert xlimagenet-shortcut-odelt.pkl models/imagenet-dit-xl.safetensors --preset dit-xl\n  odelt-model convert run.pkl out.safetensors --preset custom --num-heads 4 --depth-group 2 --depth-min 2 --input-size 8 --latent-scale 1"
+    after_help = "Examples:\n  odelt-model convert celeba-shortcut-odelt.pkl models/celeba-dit-b.safetensors --preset dit-b\n  odelt-model convert xlimagenet-shortcut-odelt.pkl models/imagenet-dit-xl.safetensors --preset dit-xl\n  odelt-model convert runs/main/state.safetensors raw.safetensors --weights params   (a training state's raw weights)\n  odelt-model convert run.pkl out.safetensors --preset custom --num-heads 4 --depth-group 2 --depth-min 2 --input-size 8 --latent-scale 1"
 )]
 pub struct ConvertArgs {
     /// Source checkpoint (.pkl or .safetensors).
@@ -64,6 +67,20 @@ pub struct ConvertArgs {
 
 pub fn convert(a: ConvertArgs) -> Result<()> {
     ensure_parent(&a.dst)?;
+    if state::is_state(&a.src) {
+        let st = state::load(&a.src, &Device::Cpu)
+            .with_context(|| format!("reading training state {}", a.src.display()))?;
+        let ema = a.config.weights == WeightsSlot::ParamsEma;
+        st.export(&a.dst, ema)
+            .with_context(|| format!("writing {}", a.dst.display()))?;
+        println!(
+            "wrote {}: the {} weights of training step {}",
+            a.dst.display(),
+            if ema { "EMA" } else { "raw" },
+            st.step
+        );
+        return Ok(());
+    }
     let cfg = checkpoint::convert_to_safetensors(&a.src, &a.dst, &a.config.options())
         .with_context(|| format!("converting {}", a.src.display()))?;
     println!(
