@@ -280,30 +280,25 @@ async fn post_prompt(State(s): S, headers: HeaderMap, body: Body) -> Result<Resp
             "duplicate_prompt_id",
             format!("prompt_id already exists: {prompt_id}"),
         )),
-        Err(SubmitError::Full { limit }) => {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                format!("the queue is full ({limit} prompts waiting); retry later"),
-            );
-            e.retry_after = Some(1);
-            Err(e)
-        }
-        Err(SubmitError::FullBytes { limit }) => {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                format!("the waiting prompts exceed {limit} bytes; retry later"),
-            );
-            e.retry_after = Some(1);
-            Err(e)
-        }
+        Err(SubmitError::Full { limit }) => Err(queue_full(format!(
+            "the queue is full ({limit} prompts waiting); retry later"
+        ))),
+        Err(SubmitError::FullBytes { limit }) => Err(queue_full(format!(
+            "the waiting prompts exceed {limit} bytes; retry later"
+        ))),
         Err(SubmitError::Stopping) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the server is stopping",
         )),
     }
+}
+
+/// 503 `queue_full` with a one-second `Retry-After`.
+fn queue_full(message: String) -> ApiError {
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message);
+    e.retry_after = Some(1);
+    e
 }
 
 async fn get_queue(State(s): S) -> Response {

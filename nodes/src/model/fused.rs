@@ -57,6 +57,21 @@ fn contiguous<'a>(data: &'a [f32], l: &Layout, what: &str) -> candle_core::Resul
     }
 }
 
+/// The contiguous f32 elements of the storage an in-place op writes to.
+fn contiguous_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let Some((a, e)) = layout.contiguous_offsets() else {
+        bail!("{what}: expected a contiguous tensor")
+    };
+    match storage {
+        CpuStorage::F32(v) => Ok(&mut v[a..e]),
+        other => bail!("{what}: expected f32 data, found {:?}", other.dtype()),
+    }
+}
+
 /// A `[B, N]` tensor whose rows are contiguous but may be strided (a narrow of the adaLN output `[B, 6H]`).
 struct Rows<'a> {
     data: &'a [f32],
@@ -263,15 +278,8 @@ impl InplaceOp1 for BiasAct<'_> {
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let what = self.name();
-        let (a, e) = match layout.contiguous_offsets() {
-            Some(o) => o,
-            None => bail!("{what}: expected a contiguous tensor"),
-        };
         let n = *layout.dims().last().unwrap_or(&0);
-        let y = match storage {
-            CpuStorage::F32(v) => &mut v[a..e],
-            other => bail!("{what}: expected f32 data, found {:?}", other.dtype()),
-        };
+        let y = contiguous_mut(storage, layout, what)?;
         let (g, bl) = self.bias.storage_and_layout();
         let bias = contiguous(f32_guard(&g, what)?, bl, what)?;
         if bias.len() != n || n == 0 {
@@ -311,15 +319,8 @@ impl InplaceOp1 for GatedResidual<'_> {
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let what = self.name();
-        let (a, e) = match layout.contiguous_offsets() {
-            Some(o) => o,
-            None => bail!("{what}: expected a contiguous tensor"),
-        };
         let (b, rows, n) = batch_rows(layout, what)?;
-        let y = match storage {
-            CpuStorage::F32(v) => &mut v[a..e],
-            other => bail!("{what}: expected f32 data, found {:?}", other.dtype()),
-        };
+        let y = contiguous_mut(storage, layout, what)?;
         let (gb, lb) = self.bias.storage_and_layout();
         let bias = contiguous(f32_guard(&gb, what)?, lb, what)?;
         let (gx, lx) = self.x.storage_and_layout();
@@ -373,18 +374,11 @@ impl InplaceOp1 for SoftmaxLastDim {
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let what = self.name();
-        let (a, e) = match layout.contiguous_offsets() {
-            Some(o) => o,
-            None => bail!("{what}: expected a contiguous tensor"),
-        };
         let n = *layout.dims().last().unwrap_or(&0);
         if n == 0 {
             return Ok(());
         }
-        let y = match storage {
-            CpuStorage::F32(v) => &mut v[a..e],
-            other => bail!("{what}: expected f32 data, found {:?}", other.dtype()),
-        };
+        let y = contiguous_mut(storage, layout, what)?;
         y.par_chunks_mut(n).for_each(|row| {
             let max = lane_max(row);
             row.iter_mut().for_each(|v| *v = exp_f32(*v - max));
