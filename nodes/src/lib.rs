@@ -24,6 +24,9 @@ pub mod solver;
 pub mod train;
 pub mod vae;
 
+#[cfg(test)]
+mod test_util;
+
 pub use config::DitConfig;
 pub use error::{Error, Result};
 pub use model::Dit;

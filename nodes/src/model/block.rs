@@ -185,6 +185,7 @@ mod tests {
 
     use super::DitBlock;
     use crate::params::{Loader, TensorMap};
+    use crate::test_util::{max_abs, max_abs_diff};
 
     /// Deterministic pseudo-random tensor in [-a, a].
     fn rand(shape: &[usize], seed: u64, a: f32) -> Tensor {
@@ -233,25 +234,8 @@ mod tests {
             let c = rand(&[3, hidden], 12, 1.0);
             let fast = blk.forward(&x, &c, false).unwrap();
             let generic = blk.forward(&x, &c, true).unwrap();
-            let err: f32 = (&fast - &generic)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            let scale: f32 = generic
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let err = max_abs_diff(&fast, &generic);
+            let scale = max_abs(&generic);
             assert!(scale > 0.1, "degenerate test output");
             assert!(
                 err < 1e-5 * scale.max(1.0),

@@ -446,14 +446,7 @@ mod tests {
         let x0 = vec32(&[1.0, -2.0, 0.5, 3.0]);
         let (x1, st) = solve_any(&mut decay, &x0, 0.0, &Solver::dopri5(1e-7), &mut ()).unwrap();
         let exact = x0.affine((-1.0f64).exp(), 0.0).unwrap();
-        let err = (x1 - exact)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = crate::test_util::max_abs_diff(&x1, &exact);
         assert!(err < 1e-6, "max error {err} ({st:?})");
         assert_eq!(st.steps, st.accepted + st.rejected);
     }

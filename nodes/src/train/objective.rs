@@ -370,14 +370,7 @@ mod tests {
                 .unwrap();
             let want = ((v1 + v2).unwrap() * 0.5).unwrap();
             let got = bt.target.narrow(0, i, 1).unwrap();
-            let err = (want - got)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = crate::test_util::max_abs_diff(&want, &got);
             assert!(err < 1e-5, "{err}");
         }
         // Length rows: the teacher's output at some trained length, not the flow target.
@@ -395,15 +388,7 @@ mod tests {
                     .unwrap()
                     .forward(&args.0, &args.1, &args.2, &args.3)
                     .unwrap();
-                (v - &got)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    < 1e-5
+                crate::test_util::max_abs_diff(&v, &got) < 1e-5
             });
             assert!(matches, "row {i} is a teacher output");
         }
