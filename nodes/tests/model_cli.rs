@@ -144,6 +144,36 @@ fn train_resume_export_grid_eval() {
     );
     assert_ne!(tensors(&raw), tensors(&export), "raw weights equal the EMA");
 
+    // Fine-tuning starts from the exported model (its architecture, not the default flags: hidden 16, not 96),
+    // here with a larger share of time-consistency rows.
+    let ft = dir.join("ft");
+    let text = ok(
+        &odelt_model(&[
+            "train",
+            "--init",
+            s(&export),
+            "--out",
+            s(&ft),
+            "--steps",
+            "2",
+            "--batch",
+            "8",
+            "--bootstrap-every",
+            "2",
+            "--synthetic",
+            "64",
+            "--log-every",
+            "1",
+        ]),
+        "fine-tune",
+    );
+    assert!(text.contains("fine-tuning from"), "{text}");
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ft.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["config"]["hidden_size"], 16, "{run_json}");
+    assert_eq!(run_json["options"]["objective"]["bootstrap_every"], 2);
+    assert_eq!(log_rows(&ft).len(), 2);
+
     let grid = dir.join("grid.png");
     ok(
         &odelt_model(&[
@@ -214,6 +244,21 @@ fn bad_device_and_missing_model_are_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tpu:0"), "{err}");
+
+    let out = odelt_model(&[
+        "train",
+        "--init",
+        s(&dir.join("absent-init.safetensors")),
+        "--out",
+        s(&dir),
+        "--steps",
+        "1",
+        "--synthetic",
+        "16",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("absent-init.safetensors"), "{err}");
 
     let missing = dir.join("nope.safetensors");
     let out = odelt_model(&[

@@ -94,6 +94,41 @@ impl Trainer {
         })
     }
 
+    /// A fine-tuning run that starts from trained weights (the paper's recipe, spec §3 and §5.3): every parameter `init` holds is copied into
+    /// both the trained weights and the EMA; parameters it lacks (e.g. the length embedding of a plain shortcut
+    /// model) keep their fresh initialisation. The optimiser state and the step count start from zero.
+    pub fn fine_tune(
+        cfg: &DitConfig,
+        init: &dyn crate::params::ParamSource,
+        opts: TrainOptions,
+        data_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut tr = Trainer::new(cfg, opts, data_len, device)?;
+        let mut copied = 0usize;
+        for (name, var) in tr.names.iter().zip(tr.vars.iter()) {
+            if let Some(t) = init.get(name)? {
+                let t = t.to_dtype(DType::F32)?.to_device(device)?;
+                if t.dims() != var.as_tensor().dims() {
+                    return Err(Error::invalid(format!(
+                        "fine-tuning: `{name}` has shape {:?} in the initial weights, the model needs {:?}",
+                        t.dims(),
+                        var.as_tensor().dims()
+                    )));
+                }
+                var.set(&t)?;
+                copied += 1;
+            }
+        }
+        if copied == 0 {
+            return Err(Error::invalid(
+                "fine-tuning: the initial weights share no parameter with the model",
+            ));
+        }
+        tr.ema = Ema::new(&tr.names, &tr.vars)?;
+        Ok(tr)
+    }
+
     /// Continues the run saved at `path`. `steps` may extend (or shorten) the planned length.
     pub fn resume(
         path: &Path,
@@ -346,5 +381,76 @@ mod tests {
         let ck = crate::checkpoint::SafetensorsCheckpoint::open(&model).unwrap();
         assert_eq!(ck.config().unwrap().unwrap(), tiny());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn fine_tune_starts_from_the_given_weights() {
+        let data = synthetic::bars(32, 8, 4, 3);
+        let mut base = Trainer::new(&tiny(), opts(4), data.len(), &Device::Cpu).unwrap();
+        base.run(&data, None, 0, &mut |_, _, _| Ok(())).unwrap();
+        let weights = base.ema.tensor_map();
+
+        let mut ft =
+            Trainer::fine_tune(&tiny(), &weights, opts(3), data.len(), &Device::Cpu).unwrap();
+        assert_eq!(ft.step, 0);
+        assert_eq!(ft.opt.t, 0);
+        for (i, n) in ft.names.iter().enumerate() {
+            let want = &weights.0[n];
+            let raw = ft.vars[i].as_tensor();
+            assert_eq!(
+                crate::test_util::max_abs_diff(raw, want),
+                0.0,
+                "{n} (trained copy)"
+            );
+            assert_eq!(
+                crate::test_util::max_abs_diff(&ft.ema.values[i], want),
+                0.0,
+                "{n} (EMA)"
+            );
+        }
+        // the fine-tune trains: its weights move away from the start
+        ft.run(&data, None, 0, &mut |_, t, _| {
+            assert!(t.total.is_finite());
+            Ok(())
+        })
+        .unwrap();
+        let moved = ft.names.iter().enumerate().any(|(i, n)| {
+            crate::test_util::max_abs_diff(ft.vars[i].as_tensor(), &weights.0[n]) > 0.0
+        });
+        assert!(moved);
+
+        // missing parameters keep their fresh init; a source without any shared parameter is refused
+        let mut partial = weights.clone();
+        partial.0.remove("BlockEmbedder_0/Embed_0/embedding");
+        let fresh = Trainer::new(&tiny(), opts(1), data.len(), &Device::Cpu).unwrap();
+        let p = Trainer::fine_tune(&tiny(), &partial, opts(1), data.len(), &Device::Cpu).unwrap();
+        let k = p
+            .names
+            .iter()
+            .position(|n| n == "BlockEmbedder_0/Embed_0/embedding")
+            .unwrap();
+        assert_eq!(
+            crate::test_util::max_abs_diff(p.vars[k].as_tensor(), fresh.vars[k].as_tensor()),
+            0.0
+        );
+        let err = Trainer::fine_tune(
+            &tiny(),
+            &TensorMap::default(),
+            opts(1),
+            data.len(),
+            &Device::Cpu,
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("no parameter"), "{err}");
+
+        // a parameter of the wrong shape is named
+        let mut wide = tiny();
+        wide.hidden_size = 48;
+        wide.mlp_hidden = 96;
+        let err = Trainer::fine_tune(&wide, &weights, opts(1), data.len(), &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("shape"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use odelt_nodes::checkpoint::{self, LoadOptions};
 use odelt_nodes::data::fashion_mnist::Split;
 use odelt_nodes::train::optim::AdamWParams;
 use odelt_nodes::train::{ObjectiveConfig, TrainOptions, Trainer};
@@ -26,6 +27,11 @@ pub struct Args {
     /// Continue from OUT/state.safetensors when it exists (the model/options flags are then taken from it).
     #[arg(long)]
     resume: bool,
+    /// Fine-tune: start from the weights of this model (project safetensors or official .pkl) instead of a fresh
+    /// initialisation; its architecture replaces the model flags, the weights go into both the trained copy and the
+    /// EMA teacher, the optimiser and the step count start from zero. Ignored when --resume finds a state.
+    #[arg(long, value_name = "MODEL")]
+    init: Option<PathBuf>,
     #[arg(long, default_value_t = 4000)]
     steps: u64,
     #[arg(long, default_value_t = 64)]
@@ -57,6 +63,12 @@ pub struct Args {
     depth_min: usize,
     #[arg(long, default_value_t = 0.1)]
     class_dropout: f64,
+    /// One in N rows of a batch is a time-consistency (shortcut bootstrap) row; the official value is 8.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    bootstrap_every: u64,
+    /// One in N rows of a batch gets a length-consistency target; the official value is 8.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    length_bootstrap_every: u64,
     /// Ablation: no time-consistency (shortcut bootstrap) rows; every row is a flow row at dt_base 7.
     #[arg(long)]
     no_time_consistency: bool,
@@ -85,21 +97,6 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("resumed at step {} from {}", tr.step, state_path.display());
         tr
     } else {
-        let cfg = DitConfig {
-            input_size: data.size,
-            in_channels: data.channels,
-            patch_size: a.patch,
-            hidden_size: a.hidden,
-            depth: a.depth,
-            num_heads: a.heads,
-            mlp_hidden: a.mlp_ratio * a.hidden,
-            num_classes: data.num_classes,
-            depth_group: a.depth_group,
-            depth_min: a.depth_min,
-            length_embedding: true,
-            latent_scale: 1.0,
-        };
-        cfg.validate()?;
         let opts = TrainOptions {
             steps: a.steps,
             batch_size: a.batch,
@@ -112,13 +109,67 @@ pub fn run(a: Args) -> Result<()> {
             ema_decay: a.ema,
             seed: a.seed,
             objective: ObjectiveConfig {
-                bootstrap_every: if a.no_time_consistency { 0 } else { 8 },
-                length_bootstrap_every: if a.no_length_consistency { 0 } else { 8 },
+                bootstrap_every: if a.no_time_consistency {
+                    0
+                } else {
+                    a.bootstrap_every as usize
+                },
+                length_bootstrap_every: if a.no_length_consistency {
+                    0
+                } else {
+                    a.length_bootstrap_every as usize
+                },
                 class_dropout: a.class_dropout,
                 log2_steps: 7,
             },
         };
-        Trainer::new(&cfg, opts, data.len(), &device)?
+        match &a.init {
+            Some(init) => {
+                let ck = checkpoint::open(init, &LoadOptions::default())
+                    .with_context(|| format!("opening the initial model {}", init.display()))?;
+                if (
+                    ck.config.input_size,
+                    ck.config.in_channels,
+                    ck.config.num_classes,
+                ) != (data.size, data.channels, data.num_classes)
+                {
+                    anyhow::bail!(
+                        "{} is a model of {}x{}x{} images and {} classes; the data has {}x{}x{} and {}",
+                        init.display(),
+                        ck.config.input_size,
+                        ck.config.input_size,
+                        ck.config.in_channels,
+                        ck.config.num_classes,
+                        data.size,
+                        data.size,
+                        data.channels,
+                        data.num_classes
+                    );
+                }
+                let tr = Trainer::fine_tune(&ck.config, &*ck.source, opts, data.len(), &device)
+                    .with_context(|| format!("starting from {}", init.display()))?;
+                eprintln!("fine-tuning from {}", init.display());
+                tr
+            }
+            None => {
+                let cfg = DitConfig {
+                    input_size: data.size,
+                    in_channels: data.channels,
+                    patch_size: a.patch,
+                    hidden_size: a.hidden,
+                    depth: a.depth,
+                    num_heads: a.heads,
+                    mlp_hidden: a.mlp_ratio * a.hidden,
+                    num_classes: data.num_classes,
+                    depth_group: a.depth_group,
+                    depth_min: a.depth_min,
+                    length_embedding: true,
+                    latent_scale: 1.0,
+                };
+                cfg.validate()?;
+                Trainer::new(&cfg, opts, data.len(), &device)?
+            }
+        }
     };
     std::fs::write(
         a.out.join("run.json"),
