@@ -1,7 +1,8 @@
 //! One training batch of the ODE_t(ODE_l) objective (spec §5.1 and §5.2), at any batch size B:
 //!
 //! ```text
-//! rows [0, nb)        time consistency: dt_base ~ U{0..6}, t on the 2^dt_base grid, target = mean of two
+//! rows [0, nb)        time consistency: dt_base ~ U{0..6} (or the weights `dt_weights`), t on the 2^dt_base
+//!                     grid, target = mean of two
 //!                     half-steps of the EMA teacher at full length with code dt_base + 1; real labels
 //! rows [nb, B)        flow matching: t = floor(128 U) / 128, dt_base = 7, target v = x1 - x0,
 //!                     labels dropped to null with probability class_dropout
@@ -31,6 +32,10 @@ pub struct ObjectiveConfig {
     pub class_dropout: f64,
     /// log2 of the finest step count (7: 128 steps).
     pub log2_steps: u32,
+    /// Relative weights of the step codes 0..log2_steps-1 drawn for the time-consistency rows; `None`: uniform, as
+    /// in the official code. Larger weights on the first codes train the one- and two-step shortcuts harder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dt_weights: Option<Vec<f64>>,
 }
 
 impl Default for ObjectiveConfig {
@@ -40,11 +45,31 @@ impl Default for ObjectiveConfig {
             length_bootstrap_every: 8,
             class_dropout: 0.1,
             log2_steps: 7,
+            dt_weights: None,
         }
     }
 }
 
 impl ObjectiveConfig {
+    /// Checks the options that a batch cannot be built without.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(w) = &self.dt_weights {
+            if w.len() != self.log2_steps as usize {
+                return Err(Error::invalid(format!(
+                    "dt_weights: {} weights given, one per step code 0..{} is needed",
+                    w.len(),
+                    self.log2_steps.saturating_sub(1)
+                )));
+            }
+            if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().sum::<f64>() <= 0.0 {
+                return Err(Error::invalid(format!(
+                    "dt_weights {w:?}: weights must be finite, non-negative and not all zero"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The step code a model trained with this objective should be sampled with at `steps` Euler steps: log2 T,
     /// or the finest code when the time-consistency term is off (the model has only seen that code).
     pub fn sampling_dt_base(&self, steps: usize) -> f32 {
@@ -124,6 +149,14 @@ pub fn build_batch<R: Rng>(
     if nb + nl > b {
         return Err(Error::invalid("batch too small for its bootstrap rows"));
     }
+    obj.validate()?;
+    let dt_pick = match &obj.dt_weights {
+        Some(w) => Some(
+            rand_distr::weighted::WeightedIndex::new(w)
+                .map_err(|e| Error::invalid(format!("dt_weights {w:?}: {e}")))?,
+        ),
+        None => None,
+    };
     let null = cfg.num_classes as u32;
     let fine = obj.log2_steps;
     let fine_steps = (1u32 << fine) as f32;
@@ -134,7 +167,10 @@ pub fn build_batch<R: Rng>(
     let mut y = labels.to_vec();
     for i in 0..b {
         if i < nb {
-            let d = rng.random_range(0..fine);
+            let d = match &dt_pick {
+                Some(pick) => pick.sample(rng) as u32,
+                None => rng.random_range(0..fine),
+            };
             let sections = (1u32 << d) as f32;
             dtb[i] = d as f32;
             t[i] = (sections * rng.random::<f32>()).floor() / sections;
@@ -342,6 +378,7 @@ mod tests {
             length_bootstrap_every: 4,
             class_dropout: 0.0,
             log2_steps: 7,
+            dt_weights: None,
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let bt = build_batch(&cfg, &obj, &teacher, &x1, &labels, &mut rng, &Device::Cpu).unwrap();
@@ -392,5 +429,49 @@ mod tests {
             });
             assert!(matches, "row {i} is a teacher output");
         }
+    }
+
+    #[test]
+    fn dt_weights_pick_the_step_codes() {
+        let cfg = tiny();
+        let teacher = model(&cfg, 2);
+        let b = 16;
+        let x1 = vec![0.25f32; b * 64];
+        let labels = vec![1u32; b];
+        // all weight on code 0 (the one-step shortcut): every time row has dt_base 0 and t = 0
+        let obj = ObjectiveConfig {
+            bootstrap_every: 2,
+            dt_weights: Some(vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+            ..Default::default()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let bt = build_batch(&cfg, &obj, &teacher, &x1, &labels, &mut rng, &Device::Cpu).unwrap();
+        let dtb: Vec<f32> = bt.dt_base.to_vec1().unwrap();
+        let t: Vec<f32> = bt.t.to_vec1().unwrap();
+        assert_eq!(bt.n_time, 8);
+        assert!(dtb[..8].iter().all(|&d| d == 0.0), "{dtb:?}");
+        assert!(t[..8].iter().all(|&t| t == 0.0), "{t:?}");
+        assert!(dtb[8..].iter().all(|&d| d == 7.0), "{dtb:?}");
+
+        for bad in [
+            vec![1.0; 3],
+            vec![0.0; 7],
+            vec![1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        ] {
+            let obj = ObjectiveConfig {
+                dt_weights: Some(bad.clone()),
+                ..Default::default()
+            };
+            let err = build_batch(&cfg, &obj, &teacher, &x1, &labels, &mut rng, &Device::Cpu)
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("dt_weights"), "{bad:?}: {err}");
+        }
+        // options stored before the field existed still load
+        let old: ObjectiveConfig = serde_json::from_str(
+            r#"{"bootstrap_every":8,"length_bootstrap_every":8,"class_dropout":0.1,"log2_steps":7}"#,
+        )
+        .unwrap();
+        assert!(old.dt_weights.is_none());
     }
 }

@@ -69,6 +69,10 @@ pub struct Args {
     /// One in N rows of a batch gets a length-consistency target; the official value is 8.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     length_bootstrap_every: u64,
+    /// Relative weights of the step codes 0..6 (one step .. 64 steps) drawn for the time-consistency rows, e.g.
+    /// `4,2,1,1,1,1,1` to train the one- and two-step shortcuts harder; uniform when not given (official).
+    #[arg(long, value_delimiter = ',', value_name = "W0,..,W6")]
+    dt_weights: Option<Vec<f64>>,
     /// Ablation: no time-consistency (shortcut bootstrap) rows; every row is a flow row at dt_base 7.
     #[arg(long)]
     no_time_consistency: bool,
@@ -121,8 +125,10 @@ pub fn run(a: Args) -> Result<()> {
                 },
                 class_dropout: a.class_dropout,
                 log2_steps: 7,
+                dt_weights: a.dt_weights.clone(),
             },
         };
+        opts.objective.validate()?;
         match &a.init {
             Some(init) => {
                 let ck = checkpoint::open(init, &LoadOptions::default())
