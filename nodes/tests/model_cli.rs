@@ -82,10 +82,15 @@ fn train_resume_export_grid_eval() {
         "--export",
         s(&export),
         "--steps",
+        "5",
+        "--stop-at",
         "3",
     ];
     args.extend_from_slice(TINY);
-    ok(&odelt_model(&args), "train");
+    ok(
+        &odelt_model(&args),
+        "train (first leg, stops at step 3 of 5)",
+    );
     assert!(run.join("state.safetensors").exists());
     assert!(export.exists());
     assert_eq!(log_rows(&run).len(), 3);

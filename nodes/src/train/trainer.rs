@@ -60,6 +60,8 @@ pub struct Trainer {
     pub opt: AdamW,
     /// Steps done.
     pub step: u64,
+    /// Stop after this many steps although the schedule runs to `opts.steps` (a leg of a longer run).
+    pub stop_at: Option<u64>,
     shuffler: Shuffler,
     device: Device,
 }
@@ -90,6 +92,7 @@ impl Trainer {
             ema,
             opt,
             step: 0,
+            stop_at: None,
             device: device.clone(),
         })
     }
@@ -165,6 +168,7 @@ impl Trainer {
             names: s.names,
             vars,
             step: s.step,
+            stop_at: None,
             shuffler,
             device: device.clone(),
         })
@@ -219,6 +223,12 @@ impl Trainer {
             .update(&self.vars, ema_decay(self.step, self.opts.ema_decay))?;
         self.step += 1;
         Ok(terms)
+    }
+
+    /// The step this run stops at: `opts.steps`, or `stop_at` when that comes first.
+    pub fn end(&self) -> u64 {
+        self.stop_at
+            .map_or(self.opts.steps, |s| s.min(self.opts.steps))
     }
 
     /// Learning rate of the next step.
@@ -276,14 +286,13 @@ impl Trainer {
         checkpoint_every: u64,
         on_step: &mut dyn FnMut(&Trainer, &LossTerms, f64) -> Result<()>,
     ) -> Result<()> {
-        while self.step < self.opts.steps {
+        let end = self.end();
+        while self.step < end {
             let t0 = Instant::now();
             let terms = self.train_step(data)?;
             on_step(self, &terms, t0.elapsed().as_secs_f64())?;
             if let Some(p) = state_path {
-                if (checkpoint_every > 0 && self.step % checkpoint_every == 0)
-                    || self.step == self.opts.steps
-                {
+                if (checkpoint_every > 0 && self.step % checkpoint_every == 0) || self.step == end {
                     self.save_state(p)?;
                 }
             }

@@ -32,8 +32,13 @@ pub struct Args {
     /// EMA teacher, the optimiser and the step count start from zero. Ignored when --resume finds a state.
     #[arg(long, value_name = "MODEL")]
     init: Option<PathBuf>,
+    /// Total steps of the run (the learning-rate schedule's length).
     #[arg(long, default_value_t = 4000)]
     steps: u64,
+    /// Stop after this step, saving the state and the export there, although the schedule runs to --steps (one
+    /// leg of a longer run; continue it with --resume).
+    #[arg(long, value_name = "STEP")]
+    stop_at: Option<u64>,
     #[arg(long, default_value_t = 64)]
     batch: usize,
     #[arg(long, default_value_t = 5e-4)]
@@ -177,6 +182,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
+    tr.stop_at = a.stop_at;
     std::fs::write(
         a.out.join("run.json"),
         serde_json::to_string_pretty(&serde_json::json!({
@@ -240,7 +246,7 @@ pub fn run(a: Args) -> Result<()> {
         );
         bar.set_position(t.step);
         bar.set_message(msg);
-        if t.step % log_every == 0 || t.step == t.opts.steps {
+        if t.step % log_every == 0 || t.step == t.end() {
             let k = acc.4 as f64;
             let line = format!(
                 "step {}/{} lr {:.2e} loss {:.4} flow {:.4} time {:.4} len {:.4} | {:.2}s/step elapsed {:.0}s",
@@ -255,7 +261,7 @@ pub fn run(a: Args) -> Result<()> {
             acc = (0.0, 0.0, 0.0, 0.0, 0);
         }
         if let Some(p) = &export {
-            if t.step % every == 0 || t.step == t.opts.steps {
+            if t.step % every == 0 || t.step == t.end() {
                 ensure_parent(p).map_err(|e| odelt_nodes::Error::Invalid(e.to_string()))?;
                 t.export(p, true, &[])?;
             }
