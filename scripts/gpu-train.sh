@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Trains the default model (models/fashion-dit.safetensors) and its two ablations side by side on one CUDA GPU,
-# within a wall-clock budget. This is the script that made the shipped weights (see models/TRAINING.md).
+# Trains the base of the default model (models/fashion-dit-base.safetensors) and its two ablations side by side on one CUDA GPU,
+# within a wall-clock budget. This is the script that made the base weights, which the default model fine-tunes
+# (see models/TRAINING.md).
 #
 #   scripts/gpu-train.sh CARRY_DIR OUT_DIR BUDGET_SECONDS 2>&1 | tee OUT_DIR/console.log
 #

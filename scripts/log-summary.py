@@ -2,7 +2,7 @@
 """Summary of an `odelt-model train` log.csv: means of the loss terms over fixed step windows and the median
 seconds per step of each leg (the tables in models/TRAINING.md and docs/benchmarks.md).
 
-    scripts/log-summary.py models/fashion-dit-train-log.csv
+    scripts/log-summary.py models/fashion-dit-base-train-log.csv
     scripts/log-summary.py models/fashion-dit-finetune-log.csv --windows 1-50,51-100,251-300,551-600,651-700
 
 With --windows the log is one leg (a fine-tuning run) summarised over the given step windows.

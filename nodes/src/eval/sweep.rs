@@ -138,14 +138,16 @@ pub fn process_cpu_seconds() -> f64 {
     }
 }
 
-/// The table as CSV.
+/// The table as CSV: `latency_ms_per_image` is wall-clock, `cpu_ms_per_image` the process CPU time (the latency
+/// the markdown table and the plot show).
 pub fn to_csv(rows: &[SweepRow]) -> String {
-    let mut s =
-        String::from("length,steps,n,fd,accuracy,latency_ms_per_image,block_evals_per_image\n");
+    let mut s = String::from(
+        "length,steps,n,fd,accuracy,latency_ms_per_image,block_evals_per_image,cpu_ms_per_image\n",
+    );
     for r in rows {
         s.push_str(&format!(
-            "{},{},{},{:.4},{:.4},{:.3},{}\n",
-            r.length, r.steps, r.n, r.fd, r.accuracy, r.latency_ms, r.block_evals
+            "{},{},{},{:.4},{:.4},{:.3},{},{:.3}\n",
+            r.length, r.steps, r.n, r.fd, r.accuracy, r.latency_ms, r.block_evals, r.cpu_ms
         ));
     }
     s
@@ -258,7 +260,18 @@ mod tests {
         assert!(md.contains("FD l=4"));
         assert_eq!(md.lines().count(), 4);
         assert!(md.contains("| 4 | 10 | 3.00 | 50.0% | 16.00 | 5.00 |"));
-        assert_eq!(to_csv(&rows).lines().count(), 5);
+        let csv = to_csv(&rows);
+        assert_eq!(csv.lines().count(), 5);
+        // wall-clock and CPU time both reach the CSV
+        let mut wall_cpu = rows[3].clone();
+        wall_cpu.latency_ms = 20.5;
+        wall_cpu.cpu_ms = 16.25;
+        let csv = to_csv(&[wall_cpu]);
+        assert!(csv.starts_with("length,steps,n,fd,accuracy,latency_ms_per_image,block_evals_per_image,cpu_ms_per_image\n"));
+        assert!(
+            csv.ends_with("4,4,10,3.0000,0.5000,20.500,16,16.250\n"),
+            "{csv}"
+        );
         let p = plot(&rows, "t", Some(1.0));
         assert_eq!(p.series.len(), 2);
         assert_eq!(p.series[0].points, vec![(4.0, 8.0), (16.0, 3.0)]);

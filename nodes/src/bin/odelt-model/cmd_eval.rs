@@ -153,7 +153,7 @@ pub fn run(a: Args) -> Result<()> {
     let title = format!("{} (w={})", a.title, a.guidance);
     let md = format!(
         "Model `{}`, classifier `{}`, N = {} samples per setting (class-balanced), guidance w = {}, Euler, \
-         seed {}{}.\nLatency = CPU time (user+system, /proc) of sampling per image at batch {} (the CSV also has wall-clock); \
+         seed {}{}.\nLatency = CPU time (user+system, /proc) of sampling per image at batch {} (the CSV has both: `latency_ms_per_image` is wall-clock, `cpu_ms_per_image` CPU time); \
          the 2 cores are shared with other jobs, so CPU time is the steadier measure.\n\n{}",
         a.model.display(),
         a.classifier.display(),

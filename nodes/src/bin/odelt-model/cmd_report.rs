@@ -64,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
         std::fs::create_dir_all(d)?;
     }
     let md = format!(
-        "{}{}Latency = CPU time (user+system) of sampling per image; the CSV also has wall-clock time.\n\n{}",
+        "{}{}Latency = CPU time (user+system) of sampling per image; the CSV has both (`latency_ms_per_image` is wall-clock, `cpu_ms_per_image` CPU time).\n\n{}",
         a.header,
         if a.header.is_empty() { "" } else { "\n\n" },
         sweep::to_markdown(&rows, &cals)
