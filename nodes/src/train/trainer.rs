@@ -97,9 +97,10 @@ impl Trainer {
         })
     }
 
-    /// A fine-tuning run that starts from trained weights (the paper's recipe, spec §3 and §5.3): every parameter `init` holds is copied into
-    /// both the trained weights and the EMA; parameters it lacks (e.g. the length embedding of a plain shortcut
-    /// model) keep their fresh initialisation. The optimiser state and the step count start from zero.
+    /// A fine-tuning run that starts from trained weights (the paper's recipe, spec §3 and §5.3): every parameter
+    /// `init` holds is copied into both the trained weights and the EMA; parameters it lacks (e.g. the length
+    /// embedding of a plain shortcut model) keep their fresh initialisation. The optimiser state, the step count
+    /// and with it the EMA warm-up start from zero.
     pub fn fine_tune(
         cfg: &DitConfig,
         init: &dyn crate::params::ParamSource,
