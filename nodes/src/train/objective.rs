@@ -1,9 +1,9 @@
 //! One training batch of the ODE_t(ODE_l) objective (spec §5.1 and §5.2), at any batch size B:
 //!
 //! ```text
-//! rows [0, nb)        time consistency: dt_base ~ U{0..6} (or the weights `dt_weights`), t on the 2^dt_base
-//!                     grid, target = mean of two
-//!                     half-steps of the EMA teacher at full length with code dt_base + 1; real labels
+//! rows [0, nb)        time consistency: dt_base ~ U{0..6} (or drawn with the weights `dt_weights`), t on the
+//!                     2^dt_base grid, target = mean of two half-steps of the EMA teacher at full length with code
+//!                     dt_base + 1; real labels
 //! rows [nb, B)        flow matching: t = floor(128 U) / 128, dt_base = 7, target v = x1 - x0,
 //!                     labels dropped to null with probability class_dropout
 //! rows [B - nl, B)    (a subset of the flow rows) length consistency: target = EMA teacher at an independent
@@ -15,6 +15,7 @@
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
+use rand_distr::weighted::WeightedIndex;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::config::DitConfig;
@@ -53,21 +54,31 @@ impl Default for ObjectiveConfig {
 impl ObjectiveConfig {
     /// Checks the options that a batch cannot be built without.
     pub fn validate(&self) -> Result<()> {
-        if let Some(w) = &self.dt_weights {
-            if w.len() != self.log2_steps as usize {
-                return Err(Error::invalid(format!(
-                    "dt_weights: {} weights given, one per step code 0..{} is needed",
-                    w.len(),
-                    self.log2_steps.saturating_sub(1)
-                )));
-            }
-            if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().sum::<f64>() <= 0.0 {
-                return Err(Error::invalid(format!(
-                    "dt_weights {w:?}: weights must be finite, non-negative and not all zero"
-                )));
-            }
+        self.dt_sampler().map(|_| ())
+    }
+
+    /// The distribution of step codes for the time-consistency rows: `None` for uniform, else `dt_weights`
+    /// (one weight per code, checked).
+    fn dt_sampler(&self) -> Result<Option<WeightedIndex<f64>>> {
+        let Some(w) = &self.dt_weights else {
+            return Ok(None);
+        };
+        if w.len() != self.log2_steps as usize {
+            return Err(Error::invalid(format!(
+                "dt_weights: {} weights given, one per step code 0..{} is needed",
+                w.len(),
+                self.log2_steps.saturating_sub(1)
+            )));
         }
-        Ok(())
+        // rand refuses negative and all-zero weights, but panics when their sum is not finite
+        if !w.iter().sum::<f64>().is_finite() {
+            return Err(Error::invalid(format!(
+                "dt_weights {w:?}: the weights must be finite"
+            )));
+        }
+        WeightedIndex::new(w)
+            .map(Some)
+            .map_err(|e| Error::invalid(format!("dt_weights {w:?}: {e}")))
     }
 
     /// The step code a model trained with this objective should be sampled with at `steps` Euler steps: log2 T,
@@ -149,14 +160,7 @@ pub fn build_batch<R: Rng>(
     if nb + nl > b {
         return Err(Error::invalid("batch too small for its bootstrap rows"));
     }
-    obj.validate()?;
-    let dt_pick = match &obj.dt_weights {
-        Some(w) => Some(
-            rand_distr::weighted::WeightedIndex::new(w)
-                .map_err(|e| Error::invalid(format!("dt_weights {w:?}: {e}")))?,
-        ),
-        None => None,
-    };
+    let dt_pick = obj.dt_sampler()?;
     let null = cfg.num_classes as u32;
     let fine = obj.log2_steps;
     let fine_steps = (1u32 << fine) as f32;
@@ -457,6 +461,9 @@ mod tests {
             vec![1.0; 3],
             vec![0.0; 7],
             vec![1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+            vec![f64::INFINITY, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+            vec![1e308, 1e308, 1.0, 1.0, 1.0, 1.0, 1.0],
+            vec![f64::NAN, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
         ] {
             let obj = ObjectiveConfig {
                 dt_weights: Some(bad.clone()),
