@@ -1,11 +1,12 @@
 //! `odelt-model report`: merges the JSON outputs of several `eval` runs (e.g. lengths evaluated in parallel
 //! processes) into one table (markdown + CSV) and one FD-vs-latency plot.
 
-use crate::common::prefixed;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use odelt_nodes::eval::sweep::{self, Calibration, SweepRow};
+
+use crate::common::prefixed;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
