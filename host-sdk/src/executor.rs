@@ -8,21 +8,25 @@ use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::{ROption, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RStr};
 use odelt_contract::{
-    types, ErrorKind, ExecContext, HostHooks, NamedValue, NodeError, NodeOutput, PreviewImage,
-    Value,
+    ErrorKind, ExecContext, HostHooks, NamedValue, NodeError, NodeOutput, PreviewImage, Value,
 };
 use serde_json::{Map, Value as Json};
 
-use crate::cache::{compute_keys, CacheEntry, OutputCache};
+use crate::cache::{compute_keys, CacheEntry, CacheKey, OutputCache};
 use crate::events::{CancelToken, Event, EventKind, EventSink, Preview};
 use crate::loader::PluginSet;
+use crate::node_io::{check_output, gather_inputs};
+use crate::pool;
 use crate::prompt::Prompt;
-use crate::validate::{validate, Plan, PlanInput, PlanNode, ValidateOptions, ValidationFailure};
+use crate::schedule::{schedule, Schedule};
+use crate::sync::lock;
+use crate::dirs::{HostDirs, HostStrings};
+use crate::validate::{validate, Plan, ValidateOptions, ValidationFailure};
 
 /// How an [`Executor`] runs nodes.
 #[derive(Clone, Debug)]
@@ -37,6 +41,8 @@ pub struct ExecutorConfig {
     pub temp_dir: PathBuf,
     /// Root of model files.
     pub models_dir: PathBuf,
+    /// User inputs (uploads, files nodes load).
+    pub input_dir: PathBuf,
     /// How many recent runs' outputs stay cached (0 disables caching).
     pub cache_runs: u32,
 }
@@ -49,7 +55,21 @@ impl Default for ExecutorConfig {
             output_dir: PathBuf::from("output"),
             temp_dir: PathBuf::from("temp"),
             models_dir: PathBuf::from("models"),
+            input_dir: PathBuf::from("input"),
             cache_runs: 1,
+        }
+    }
+}
+
+impl ExecutorConfig {
+    /// The device and directories this configuration gives the plugins.
+    pub fn host_dirs(&self) -> HostDirs {
+        HostDirs {
+            device: self.device.clone(),
+            models_dir: self.models_dir.clone(),
+            input_dir: self.input_dir.clone(),
+            output_dir: self.output_dir.clone(),
+            temp_dir: self.temp_dir.clone(),
         }
     }
 }
@@ -180,14 +200,10 @@ impl RunOutcome {
 pub struct Executor {
     plugins: Arc<PluginSet>,
     config: ExecutorConfig,
-    dirs: [String; 3],
+    host: HostStrings,
     cache: Mutex<OutputCache>,
     device_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     runs: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A random UUID-v4-shaped id (no RNG dependency: std's randomly keyed hasher).
@@ -209,10 +225,6 @@ pub fn new_prompt_id() -> String {
         b & 0xffff_ffff_ffff
     )
 }
-
-/// Stack size of worker threads (plugin code such as tensor libraries may need more than
-/// the 2 MiB default).
-const WORKER_STACK_BYTES: usize = 8 << 20;
 
 struct Job {
     node: usize,
@@ -296,18 +308,22 @@ extern "C" fn hook_text(data: *const (), text: RStr<'_>) {
 }
 
 impl Executor {
-    /// An executor over `plugins`.
+    /// An executor over `plugins`. Validation and runs use `config`'s device and directories;
+    /// when the plugins were described for another host ([`PluginSet::host`]), they are
+    /// described again for this one, so combo lists, validation and execution agree. (Should a
+    /// plugin fail to describe itself for these directories, the set is kept as it was loaded.)
     pub fn new(plugins: Arc<PluginSet>, config: ExecutorConfig) -> Self {
-        let dirs = [
-            config.output_dir.to_string_lossy().into_owned(),
-            config.temp_dir.to_string_lossy().into_owned(),
-            config.models_dir.to_string_lossy().into_owned(),
-        ];
+        let dirs = config.host_dirs();
+        let plugins = if plugins.host() == &dirs {
+            plugins
+        } else {
+            plugins.with_host(dirs.clone()).map_or(plugins, Arc::new)
+        };
         Executor {
             cache: Mutex::new(OutputCache::new(config.cache_runs)),
+            host: HostStrings::of(&dirs),
             plugins,
             config,
-            dirs,
             device_locks: Mutex::new(HashMap::new()),
             runs: AtomicU64::new(0),
         }
@@ -426,49 +442,35 @@ impl Executor {
         run_id: u64,
         started: Instant,
     ) -> Result<RunOutcome, RunError> {
-        let n = plan.nodes.len();
         let emit = |kind: EventKind| emit_safely(run.sink, Event::new(run.prompt_id.clone(), kind));
         let keys = compute_keys(plan, run_id);
 
-        // What is cached, what must run: walk back from the outputs; a cached node's inputs
-        // are not needed.
-        let mut results: Vec<Option<Arc<CacheEntry>>> = vec![None; n];
-        let mut execute = vec![false; n];
-        let mut visited = vec![false; n];
-        {
-            // Every cached node of the plan is looked up (and so kept for this run), as
-            // ComfyUI reports them all in `execution_cached`.
+        // Every cached node of the plan is looked up (and so kept for this run), as ComfyUI
+        // reports them all in `execution_cached`.
+        let results: Vec<Option<Arc<CacheEntry>>> = {
             let mut cache = lock(&self.cache);
-            for (i, node) in plan.nodes.iter().enumerate() {
-                if !node.info.odelt.always_run {
-                    results[i] = cache.get(keys[i], run_id);
-                }
-            }
-        }
-        {
-            let mut stack: Vec<usize> = plan.outputs.clone();
-            while let Some(i) = stack.pop() {
-                if std::mem::replace(&mut visited[i], true) || results[i].is_some() {
-                    continue;
-                }
-                let node = &plan.nodes[i];
-                execute[i] = true;
-                for (_, input) in &node.inputs {
-                    if let PlanInput::Link { node: src, .. } = input {
-                        stack.push(*src);
+            plan.nodes
+                .iter()
+                .zip(&keys)
+                .map(|(node, &key)| {
+                    if node.info.odelt.always_run {
+                        None
+                    } else {
+                        cache.get(key, run_id)
                     }
-                }
-            }
-        }
-        let cached: Vec<String> = (0..n)
-            .filter(|&i| results[i].is_some())
+                })
+                .collect()
+        };
+        let is_cached: Vec<bool> = results.iter().map(Option::is_some).collect();
+        let schedule = schedule(plan, &is_cached);
+        let cached: Vec<String> = (0..plan.nodes.len())
+            .filter(|&i| is_cached[i])
             .map(|i| plan.nodes[i].id.clone())
             .collect();
-        let to_execute = execute.iter().filter(|&&e| e).count();
         emit(EventKind::ExecutionStart);
         emit(EventKind::ExecutionCached {
             nodes: cached.clone(),
-            to_execute,
+            to_execute: schedule.to_execute(),
         });
         for &o in &plan.outputs {
             if let Some(ui) = results[o].as_ref().and_then(|e| e.ui.clone()) {
@@ -481,217 +483,23 @@ impl Executor {
             }
         }
 
-        // Dependency counts among the nodes to execute.
-        let mut pending = vec![0usize; n];
-        let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for i in (0..n).filter(|&i| execute[i]) {
-            for (_, input) in &plan.nodes[i].inputs {
-                if let PlanInput::Link { node: src, .. } = input {
-                    if execute[*src] {
-                        pending[i] += 1;
-                        users[*src].push(i);
-                    }
-                }
-            }
-        }
-        let mut ready: VecDeque<usize> =
-            (0..n).filter(|&i| execute[i] && pending[i] == 0).collect();
-        let mut executed: Vec<String> = Vec::new();
-        let mut failure: Option<(usize, NodeError)> = None;
-        let mut interrupted_at: Option<usize> = None;
-        let mut in_flight = 0usize;
-
-        std::thread::scope(|scope| {
-            let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
-            let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
-            let mut workers = 0usize;
-            let max_workers = self.config.workers.max(1);
-            loop {
-                let stop =
-                    failure.is_some() || interrupted_at.is_some() || run.cancel.is_cancelled();
-                if !stop {
-                    // One runnable node and nothing else running: run it here (no thread hop).
-                    // Its result takes the same path as a worker's, below.
-                    if in_flight == 0 && ready.len() == 1 {
-                        let i = ready.pop_front().expect("one ready node");
-                        let inputs = gather_inputs(&plan.nodes[i], &results);
-                        in_flight += 1;
-                        let _ = done_tx.send(self.invoke(plan, run, i, inputs));
-                    }
-                    while let Some(i) = ready.pop_front() {
-                        if workers < max_workers && workers < in_flight + 1 {
-                            let (rx, tx) = (job_rx.clone(), done_tx.clone());
-                            let spawned = std::thread::Builder::new()
-                                .name(format!("odelt-worker-{workers}"))
-                                .stack_size(WORKER_STACK_BYTES)
-                                .spawn_scoped(scope, move || {
-                                    for job in rx.iter() {
-                                        let done = self.invoke(plan, run, job.node, job.inputs);
-                                        if tx.send(done).is_err() {
-                                            break;
-                                        }
-                                    }
-                                });
-                            // Without a new thread the existing workers drain the queue.
-                            if spawned.is_ok() {
-                                workers += 1;
-                            }
-                        }
-                        let inputs = gather_inputs(&plan.nodes[i], &results);
-                        in_flight += 1;
-                        if workers == 0 {
-                            // No thread could be started: run it here.
-                            let _ = done_tx.send(self.invoke(plan, run, i, inputs));
-                        } else {
-                            let _ = job_tx.send(Job { node: i, inputs });
-                        }
-                    }
-                }
-                if in_flight == 0 {
-                    break;
-                }
-                let done = match done_rx.recv() {
-                    Ok(d) => d,
-                    Err(_) => break,
-                };
-                in_flight -= 1;
-                let i = done.node;
-                let stopped = self.complete(
-                    plan,
-                    run,
-                    &keys,
-                    run_id,
-                    done,
-                    &mut results,
-                    &mut executed,
-                    &mut failure,
-                    &mut interrupted_at,
-                );
-                if !stopped {
-                    release(i, &users, &mut pending, &mut ready);
-                }
-            }
-            drop(job_tx);
+        let mut state = RunState {
+            exec: self,
+            plan,
+            run,
+            keys,
+            run_id,
+            ready: schedule.initially_ready(),
+            schedule,
+            results,
+            executed: Vec::new(),
+            failure: None,
+            interrupted_at: None,
+        };
+        pool::run(&mut state, self.config.workers, &|job: Job| {
+            self.invoke(plan, run, job.node, job.inputs)
         });
-
-        if let Some((i, e)) = failure {
-            let node = &plan.nodes[i];
-            emit(EventKind::ExecutionError {
-                node_id: node.id.clone(),
-                node_type: node.class_type.clone(),
-                message: e.message.to_string(),
-                exception_type: e.kind.exception_type().to_string(),
-                executed: executed.clone(),
-            });
-            return Err(RunError::Node {
-                prompt_id: run.prompt_id.to_string(),
-                node_id: node.id.clone(),
-                class_type: node.class_type.clone(),
-                kind: e.kind,
-                message: e.message.to_string(),
-                executed,
-            });
-        }
-        let unfinished = (0..n).any(|i| execute[i] && results[i].is_none());
-        if interrupted_at.is_some() || (unfinished && run.cancel.is_cancelled()) {
-            let node = interrupted_at.map(|i| &plan.nodes[i]);
-            emit(EventKind::ExecutionInterrupted {
-                node_id: node.map(|n| n.id.clone()),
-                node_type: node.map(|n| n.class_type.clone()),
-                executed: executed.clone(),
-            });
-            return Err(RunError::Interrupted {
-                prompt_id: run.prompt_id.to_string(),
-                node_id: node.map(|n| n.id.clone()),
-                executed,
-            });
-        }
-        emit(EventKind::ExecutionSuccess);
-        let mut nodes = HashMap::with_capacity(n);
-        for (i, r) in results.iter().enumerate() {
-            if let Some(entry) = r {
-                nodes.insert(
-                    plan.nodes[i].id.clone(),
-                    NodeResult {
-                        node_id: plan.nodes[i].id.clone(),
-                        class_type: plan.nodes[i].class_type.clone(),
-                        cached: !execute[i],
-                        entry: entry.clone(),
-                    },
-                );
-            }
-        }
-        let outputs = plan
-            .outputs
-            .iter()
-            .filter_map(|&o| nodes.get(&plan.nodes[o].id).cloned())
-            .collect();
-        Ok(RunOutcome {
-            prompt_id: run.prompt_id.to_string(),
-            outputs,
-            nodes,
-            executed,
-            cached,
-            node_errors: Map::new(),
-            elapsed: started.elapsed(),
-        })
-    }
-
-    /// Handles a finished call; returns true when the run must stop.
-    #[allow(clippy::too_many_arguments)]
-    fn complete(
-        &self,
-        plan: &Plan,
-        run: &RunCtx<'_>,
-        keys: &[u128],
-        run_id: u64,
-        done: Done,
-        results: &mut [Option<Arc<CacheEntry>>],
-        executed: &mut Vec<String>,
-        failure: &mut Option<(usize, NodeError)>,
-        interrupted_at: &mut Option<usize>,
-    ) -> bool {
-        let i = done.node;
-        let node = &plan.nodes[i];
-        let checked = done.result.and_then(|out| check_output(node, out));
-        match checked {
-            Ok(entry) => {
-                let entry = Arc::new(entry);
-                if !node.info.odelt.always_run {
-                    lock(&self.cache).insert(keys[i], entry.clone(), run_id);
-                }
-                let emit = |kind: EventKind| {
-                    emit_safely(run.sink, Event::new(run.prompt_id.clone(), kind))
-                };
-                emit(EventKind::NodeDone {
-                    node_id: node.id.clone(),
-                    class_type: node.class_type.clone(),
-                    elapsed_us: done.elapsed.as_micros() as u64,
-                });
-                if let Some(ui) = &entry.ui {
-                    emit(EventKind::Executed {
-                        node_id: node.id.clone(),
-                        class_type: node.class_type.clone(),
-                        output: ui.clone(),
-                        cached: false,
-                    });
-                }
-                results[i] = Some(entry);
-                executed.push(node.id.clone());
-                false
-            }
-            Err(e) if e.is_interrupted() => {
-                interrupted_at.get_or_insert(i);
-                true
-            }
-            Err(e) => {
-                if failure.is_none() && interrupted_at.is_none() {
-                    *failure = Some((i, e));
-                    run.aborted.store(true, Ordering::SeqCst);
-                }
-                true
-            }
-        }
+        state.outcome(cached, started)
     }
 
     /// Calls the plugin for node `i` (on a worker or the scheduler thread).
@@ -737,9 +545,10 @@ impl Executor {
                 device: RStr::from_str(&self.config.device),
                 prompt_json: RStr::from_str(&run.prompt_json),
                 extra_pnginfo_json: RStr::from_str(&run.extra_pnginfo),
-                output_dir: RStr::from_str(&self.dirs[0]),
-                temp_dir: RStr::from_str(&self.dirs[1]),
-                models_dir: RStr::from_str(&self.dirs[2]),
+                output_dir: RStr::from_str(&self.host.output_dir),
+                temp_dir: RStr::from_str(&self.host.temp_dir),
+                models_dir: RStr::from_str(&self.host.models_dir),
+                input_dir: RStr::from_str(&self.host.input_dir),
                 hooks,
             };
             self.plugins.plugins()[node.plugin].execute(&node.class_type, &inputs, &ctx)
@@ -757,83 +566,179 @@ impl Executor {
     }
 }
 
-fn release(i: usize, users: &[Vec<usize>], pending: &mut [usize], ready: &mut VecDeque<usize>) {
-    for &u in &users[i] {
-        pending[u] -= 1;
-        if pending[u] == 0 {
-            ready.push_back(u);
-        }
-    }
+/// The shared state of one run while its nodes execute: the results so far, the nodes
+/// that can start, and why the run stops. The worker pool drives it ([`pool::Jobs`]).
+struct RunState<'a> {
+    exec: &'a Executor,
+    plan: &'a Plan,
+    run: &'a RunCtx<'a>,
+    keys: Vec<CacheKey>,
+    run_id: u64,
+    schedule: Schedule,
+    /// Nodes whose inputs are all available, in the order they became so.
+    ready: VecDeque<usize>,
+    /// Per plan node: its outputs, once cached or computed.
+    results: Vec<Option<Arc<CacheEntry>>>,
+    /// Ids of the nodes that ran, in completion order.
+    executed: Vec<String>,
+    /// The first node that failed.
+    failure: Option<(usize, NodeError)>,
+    /// The first node that saw the run cancelled.
+    interrupted_at: Option<usize>,
 }
 
-/// Builds the input list of a node from literals and upstream results (values are shared,
-/// tensor bytes are never copied).
-fn gather_inputs(node: &PlanNode, results: &[Option<Arc<CacheEntry>>]) -> Vec<NamedValue> {
-    node.inputs
-        .iter()
-        .filter_map(|(name, input)| {
-            let value = match input {
-                PlanInput::Literal(v, _) => v.clone(),
-                PlanInput::Link {
-                    node: src,
-                    output,
-                    to_float,
-                } => {
-                    let v = results[*src].as_ref()?.values.get(*output)?.clone();
-                    match v {
-                        Value::Int(i) if *to_float => Value::Float(i as f64),
-                        other => other,
-                    }
-                }
-            };
-            Some(NamedValue {
-                name: RString::from(name.as_str()),
-                value,
-            })
+impl pool::Jobs for RunState<'_> {
+    type Job = Job;
+    type Done = Done;
+
+    fn stopped(&self) -> bool {
+        self.failure.is_some() || self.interrupted_at.is_some() || self.run.cancel.is_cancelled()
+    }
+
+    fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    fn next(&mut self) -> Option<Job> {
+        let i = self.ready.pop_front()?;
+        Some(Job {
+            node: i,
+            inputs: gather_inputs(&self.plan.nodes[i], &self.results),
         })
-        .collect()
+    }
+
+    fn finish(&mut self, done: Done) {
+        let i = done.node;
+        if !self.complete(done) {
+            self.schedule.release(i, &mut self.ready);
+        }
+    }
 }
 
-/// Checks a node's returned values against its descriptor.
-fn check_output(node: &PlanNode, out: NodeOutput) -> Result<CacheEntry, NodeError> {
-    let declared = &node.info.output;
-    if out.values.len() != declared.len() {
-        return Err(NodeError::failed(format!(
-            "plugin returned {} values but node {} declares {} outputs",
-            out.values.len(),
-            node.class_type,
-            declared.len()
-        )));
+impl RunState<'_> {
+    fn emit(&self, kind: EventKind) {
+        emit_safely(self.run.sink, Event::new(self.run.prompt_id.clone(), kind));
     }
-    for (k, (v, ty)) in out.values.iter().zip(declared).enumerate() {
-        let ok = match ty.as_str() {
-            types::INT => matches!(v, Value::Int(_)),
-            types::FLOAT => matches!(v, Value::Float(_)),
-            types::STRING => matches!(v, Value::Str(_)),
-            types::BOOLEAN => matches!(v, Value::Bool(_)),
-            types::IMAGE | types::LATENT | "MASK" => matches!(v, Value::Tensor(_)),
-            _ => true,
-        };
-        if !ok {
-            return Err(NodeError::failed(format!(
-                "output {k} of {} is declared {ty} but the plugin returned {}",
-                node.class_type,
-                v.kind_name()
-            )));
-        }
-        if let Value::Tensor(t) = v {
-            t.check()?;
+
+    /// Handles a finished call; returns true when the run must stop.
+    fn complete(&mut self, done: Done) -> bool {
+        let i = done.node;
+        let node = &self.plan.nodes[i];
+        let checked = done.result.and_then(|out| check_output(node, out));
+        match checked {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                if !node.info.odelt.always_run {
+                    lock(&self.exec.cache).insert(self.keys[i], entry.clone(), self.run_id);
+                }
+                self.emit(EventKind::NodeDone {
+                    node_id: node.id.clone(),
+                    class_type: node.class_type.clone(),
+                    elapsed_us: done.elapsed.as_micros() as u64,
+                });
+                if let Some(ui) = &entry.ui {
+                    self.emit(EventKind::Executed {
+                        node_id: node.id.clone(),
+                        class_type: node.class_type.clone(),
+                        output: ui.clone(),
+                        cached: false,
+                    });
+                }
+                self.results[i] = Some(entry);
+                self.executed.push(node.id.clone());
+                false
+            }
+            Err(e) if e.is_interrupted() => {
+                self.interrupted_at.get_or_insert(i);
+                true
+            }
+            Err(e) => {
+                if self.failure.is_none() && self.interrupted_at.is_none() {
+                    self.failure = Some((i, e));
+                    self.run.aborted.store(true, Ordering::SeqCst);
+                }
+                true
+            }
         }
     }
-    let ui = match out.ui.into_option() {
-        None => None,
-        Some(s) => Some(
-            serde_json::from_str::<Json>(s.as_str())
-                .map_err(|e| NodeError::failed(format!("UI payload is not JSON: {e}")))?,
-        ),
-    };
-    let values: RVec<Value> = out.values;
-    Ok(CacheEntry { values, ui })
+
+    /// The run's result once nothing runs any more: the failure, the interruption, or the
+    /// outcome with every node's result.
+    fn outcome(self, cached: Vec<String>, started: Instant) -> Result<RunOutcome, RunError> {
+        let RunState {
+            plan,
+            run,
+            schedule,
+            results,
+            executed,
+            failure,
+            interrupted_at,
+            ..
+        } = self;
+        let emit = |kind: EventKind| emit_safely(run.sink, Event::new(run.prompt_id.clone(), kind));
+        if let Some((i, e)) = failure {
+            let node = &plan.nodes[i];
+            emit(EventKind::ExecutionError {
+                node_id: node.id.clone(),
+                node_type: node.class_type.clone(),
+                message: e.message.to_string(),
+                exception_type: e.kind.exception_type().to_string(),
+                executed: executed.clone(),
+            });
+            return Err(RunError::Node {
+                prompt_id: run.prompt_id.to_string(),
+                node_id: node.id.clone(),
+                class_type: node.class_type.clone(),
+                kind: e.kind,
+                message: e.message.to_string(),
+                executed,
+            });
+        }
+        let execute = &schedule.execute;
+        let unfinished = (0..plan.nodes.len()).any(|i| execute[i] && results[i].is_none());
+        if interrupted_at.is_some() || (unfinished && run.cancel.is_cancelled()) {
+            let node = interrupted_at.map(|i| &plan.nodes[i]);
+            emit(EventKind::ExecutionInterrupted {
+                node_id: node.map(|n| n.id.clone()),
+                node_type: node.map(|n| n.class_type.clone()),
+                executed: executed.clone(),
+            });
+            return Err(RunError::Interrupted {
+                prompt_id: run.prompt_id.to_string(),
+                node_id: node.map(|n| n.id.clone()),
+                executed,
+            });
+        }
+        emit(EventKind::ExecutionSuccess);
+        let mut nodes = HashMap::with_capacity(plan.nodes.len());
+        for (i, r) in results.iter().enumerate() {
+            if let Some(entry) = r {
+                nodes.insert(
+                    plan.nodes[i].id.clone(),
+                    NodeResult {
+                        node_id: plan.nodes[i].id.clone(),
+                        class_type: plan.nodes[i].class_type.clone(),
+                        cached: !execute[i],
+                        entry: entry.clone(),
+                    },
+                );
+            }
+        }
+        let outputs = plan
+            .outputs
+            .iter()
+            .filter_map(|&o| nodes.get(&plan.nodes[o].id).cloned())
+            .collect();
+        Ok(RunOutcome {
+            prompt_id: run.prompt_id.to_string(),
+            outputs,
+            nodes,
+            executed,
+            cached,
+            node_errors: Map::new(),
+            elapsed: started.elapsed(),
+        })
+    }
 }
 
 #[cfg(test)]

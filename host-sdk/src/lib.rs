@@ -35,15 +35,21 @@
 
 pub mod batch;
 pub mod cache;
+pub mod dirs;
 pub mod events;
 pub mod executor;
 pub mod loader;
 pub mod prompt;
 pub mod serve;
+mod node_io;
+mod pool;
+mod schedule;
+mod sync;
 pub mod validate;
 
 pub use batch::{Batch, BatchItem, BatchResult, BatchRunError, Workflow, WorkflowError};
 pub use cache::CacheEntry;
+pub use dirs::HostDirs;
 pub use events::{CancelToken, Event, EventKind, EventSink, NullSink, Preview};
 pub use executor::{
     new_prompt_id, Executor, ExecutorConfig, NodeResult, RunError, RunOptions, RunOutcome,

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::{RSlice, RStr};
 use odelt_contract::{
-    ExecContext, NamedValue, NodeError, NodeInfo, NodeOutput, PluginMod_Ref, ValidationIssue,
-    CONTRACT_VERSION,
+    ExecContext, HostContext, NamedValue, NodeError, NodeInfo, NodeOutput, PluginMod_Ref,
+    ValidationIssue, CONTRACT_VERSION,
 };
+
+use crate::dirs::{HostDirs, HostStrings};
 use serde_json::{Map, Value as Json};
 
 /// Why a plugin could not be loaded.
@@ -93,8 +95,14 @@ impl fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Loads one plugin library and reads its node descriptors.
+    /// Loads one plugin library and reads its node descriptors for a default host
+    /// ([`HostDirs::default`]).
     pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
+        Self::load_for(path, &HostDirs::default())
+    }
+
+    /// Loads one plugin library and reads its node descriptors for `host`.
+    pub fn load_for(path: &Path, host: &HostDirs) -> Result<LoadedPlugin, LoadError> {
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_path_buf()));
         }
@@ -110,11 +118,37 @@ impl LoadedPlugin {
             .init_root_module::<PluginMod_Ref>()
             .map_err(|e| classify(path, e, Some(&plugin_contract)))?;
         let info = (module.plugin_info())();
+        let mut plugin = LoadedPlugin {
+            path: path.to_path_buf(),
+            name: info.name.into_string(),
+            version: info.version.into_string(),
+            contract_version: plugin_contract,
+            module,
+            nodes: Vec::new(),
+        };
+        plugin.nodes = plugin.describe(&HostStrings::of(host))?;
+        Ok(plugin)
+    }
+
+    /// The same library described for another host (the handle is shared, nothing reloads).
+    pub fn for_host(&self, host: &HostDirs) -> Result<LoadedPlugin, LoadError> {
+        Ok(LoadedPlugin {
+            path: self.path.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            contract_version: self.contract_version.clone(),
+            module: self.module,
+            nodes: self.describe(&HostStrings::of(host))?,
+        })
+    }
+
+    fn describe(&self, host: &HostStrings) -> Result<Vec<Arc<NodeInfo>>, LoadError> {
+        let path = &self.path;
         let failed = |message: String| LoadError::PluginFailed {
             path: path.to_path_buf(),
             message,
         };
-        let json = (module.node_descriptors())()
+        let json = (self.module.node_descriptors())(&host.context())
             .into_result()
             .map_err(|e| failed(e.message.into_string()))?;
         let map: Map<String, Json> = serde_json::from_str(json.as_str())
@@ -132,14 +166,7 @@ impl LoadedPlugin {
             node.check().map_err(failed)?;
             nodes.push(Arc::new(node));
         }
-        Ok(LoadedPlugin {
-            path: path.to_path_buf(),
-            name: info.name.into_string(),
-            version: info.version.into_string(),
-            contract_version: plugin_contract,
-            module,
-            nodes,
-        })
+        Ok(nodes)
     }
 
     /// The library's path.
@@ -174,14 +201,16 @@ impl LoadedPlugin {
             .into_result()
     }
 
-    /// Calls the plugin's `validate` entry point with the literal inputs of a node.
+    /// Calls the plugin's `validate` entry point with the inputs of a node (literals and
+    /// described links) and the host the run will use.
     pub fn validate(
         &self,
         class_type: &str,
         literal_inputs: &Map<String, Json>,
+        host: &HostContext<'_>,
     ) -> Result<Vec<ValidationIssue>, NodeError> {
         let json = Json::Object(literal_inputs.clone()).to_string();
-        (self.module.validate())(RStr::from_str(class_type), RStr::from_str(&json))
+        (self.module.validate())(RStr::from_str(class_type), RStr::from_str(&json), host)
             .into_result()
             .map(|v| v.into_vec())
     }
@@ -253,9 +282,12 @@ pub struct NodeEntry {
     pub info: Arc<NodeInfo>,
 }
 
-/// Every loaded plugin and the node classes they provide.
-#[derive(Debug, Default)]
+/// Every loaded plugin and the node classes they provide, described for one host
+/// ([`HostDirs`]: the directories their combo lists and validation read).
+#[derive(Debug)]
 pub struct PluginSet {
+    host: HostDirs,
+    host_strings: HostStrings,
     plugins: Vec<LoadedPlugin>,
     nodes: HashMap<String, NodeEntry>,
     order: Vec<String>,
@@ -266,10 +298,51 @@ pub struct PluginSet {
 /// The platform's shared-library file extension (`so`, `dylib`, `dll`).
 pub const LIBRARY_EXTENSION: &str = std::env::consts::DLL_EXTENSION;
 
+impl Default for PluginSet {
+    fn default() -> Self {
+        Self::for_host(HostDirs::default())
+    }
+}
+
 impl PluginSet {
-    /// An empty set.
+    /// An empty set for a default host ([`HostDirs::default`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty set whose plugins are described for `host`.
+    pub fn for_host(host: HostDirs) -> Self {
+        PluginSet {
+            host_strings: HostStrings::of(&host),
+            host,
+            plugins: Vec::new(),
+            nodes: HashMap::new(),
+            order: Vec::new(),
+            loaded_paths: HashSet::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The host the plugins are described for.
+    pub fn host(&self) -> &HostDirs {
+        &self.host
+    }
+
+    /// The host as the contract's context (what validation hooks receive).
+    pub fn host_context(&self) -> HostContext<'_> {
+        self.host_strings.context()
+    }
+
+    /// The same plugins described for another host: combo lists and validation then read
+    /// `host`'s directories. Nothing is reloaded.
+    pub fn with_host(&self, host: HostDirs) -> Result<PluginSet, LoadError> {
+        let mut set = PluginSet::for_host(host);
+        for p in &self.plugins {
+            set.add(p.for_host(&set.host)?)?;
+        }
+        set.loaded_paths = self.loaded_paths.clone();
+        set.warnings = self.warnings.clone();
+        Ok(set)
     }
 
     /// Loads a plugin file, or every plugin in a directory ([`PluginSet::load_dir`]).
@@ -290,7 +363,7 @@ impl PluginSet {
         if self.loaded_paths.contains(&canon) {
             return Ok(());
         }
-        let plugin = LoadedPlugin::load(path)?;
+        let plugin = LoadedPlugin::load_for(path, &self.host)?;
         self.add(plugin)?;
         self.loaded_paths.insert(canon);
         Ok(())
@@ -437,10 +510,16 @@ impl PluginSearch {
         out
     }
 
-    /// Loads the plugins. Explicit paths must exist and be plugins (or directories);
-    /// discovered ones that don't exist are skipped with a warning.
+    /// Loads the plugins for a default host ([`HostDirs::default`]); see
+    /// [`PluginSearch::load_for`].
     pub fn load(&self) -> Result<PluginSet, LoadError> {
-        let mut set = PluginSet::new();
+        self.load_for(HostDirs::default())
+    }
+
+    /// Loads the plugins, described for `host`. Explicit paths must exist and be plugins (or
+    /// directories); discovered ones that don't exist are skipped with a warning.
+    pub fn load_for(&self, host: HostDirs) -> Result<PluginSet, LoadError> {
+        let mut set = PluginSet::for_host(host);
         let explicit = !self.explicit.is_empty();
         for p in self.paths() {
             if !explicit && !p.exists() {

@@ -544,7 +544,8 @@ fn check_node(
                 literals.insert(name.to_string(), v);
             }
         }
-        match plugins.plugins()[plugin].validate(&node.class_type, &literals) {
+        let host = plugins.host_context();
+        match plugins.plugins()[plugin].validate(&node.class_type, &literals, &host) {
             Ok(issues) => {
                 for issue in issues {
                     let input = issue.input_name.as_str();

@@ -1,7 +1,9 @@
-//! Conversions between the contract's values and the pipeline's: tensors, errors, validation issues.
+//! Conversions between the contract's values and the pipeline's: tensors, errors, validation issues, directories.
 
+use std::path::PathBuf;
+
+use odelt_contract::abi_stable::std_types::RStr;
 use odelt_contract::{ErrorKind, NodeError, TensorBuf, ValidationIssue};
-use odelt_nodes::pipeline::validate::Issue;
 use odelt_nodes::pipeline::Array;
 
 /// A host tensor (f32) as a pipeline array (one copy).
@@ -43,9 +45,16 @@ fn looks_like_oom(msg: &str) -> bool {
         || m.contains("alloc") && m.contains("fail")
 }
 
-/// Validation issues for the host.
-pub fn issues(v: Vec<Issue>) -> Vec<ValidationIssue> {
-    v.into_iter()
-        .map(|i| ValidationIssue::new(&i.input, i.message))
-        .collect()
+/// A validation issue for `input` from a pipeline check.
+pub fn issue(input: &str, e: impl std::fmt::Display) -> ValidationIssue {
+    ValidationIssue::new(input, e.to_string())
+}
+
+/// A host directory, or `default` (relative to the working directory) when the host left it empty.
+pub fn dir_or(host_dir: RStr<'_>, default: &str) -> PathBuf {
+    if host_dir.is_empty() {
+        PathBuf::from(default)
+    } else {
+        PathBuf::from(host_dir.as_str())
+    }
 }

@@ -1,40 +1,62 @@
 //! # odelt-plugin
 //!
-//! The ODE_t(ODE_l) node set for odelt hosts (and, through the host, the ComfyUI protocol). A thin adapter: each
-//! node reads its inputs, calls [`odelt_nodes::pipeline`] and wraps the result. Models stay inside this library
-//! behind handles (`MODEL`, `VAE`); the host caches and drops them, and "free memory" drops the models and VAE
-//! decoders built from them.
+//! The ODE_t(ODE_l) node set for odelt hosts (and, through the host, the ComfyUI protocol). A thin adapter over
+//! [`odelt_nodes::pipeline`]: one module per node, each a small type implementing the contract's
+//! [`Node`](odelt_contract::Node) — its descriptor, a typed parse of its inputs used by both validation and
+//! execution, and a body that calls the pipeline. Models stay inside this library behind handles (`MODEL`,
+//! `VAE`); the host caches and drops them, and "free memory" drops the models and VAE decoders built from them.
 //!
-//! | node | inputs | output |
+//! | node | module | inputs → output |
 //! |---|---|---|
-//! | `ODEtODElCheckpointLoader` | ckpt_name, weights, preset, num_heads, depth_group, depth_min, input_size, latent_scale, precision | MODEL |
-//! | `ODElDepthSelector` | model, active_blocks | MODEL |
-//! | `ODEtEmptyLatent` | model, batch_size | LATENT |
-//! | `ODEtSampler` | model, latent_image, seed, steps, solver, tolerance, cfg, class_label, denoise, add_noise, (class_labels) | LATENT |
-//! | `VAELoader` | vae_name | VAE |
-//! | `ODEtDecode` | samples, (vae) | IMAGE |
-//! | `SaveImage`, `PreviewImage` | images, filename_prefix | (PNG files) |
-//! | `LoadLatent` / `SaveLatent` | latent / samples, filename_prefix | LATENT / (.latent file) |
+//! | `ODEtODElCheckpointLoader` | [`checkpoint_loader`] | ckpt_name, weights, preset, num_heads, depth_group, depth_min, input_size, latent_scale, precision → MODEL |
+//! | `ODElDepthSelector` | [`depth_selector`] | model, active_blocks → MODEL |
+//! | `ODEtEmptyLatent` | [`empty_latent`] | model, batch_size → LATENT |
+//! | `ODEtSampler` | [`sampler`] | model, latent_image, seed, steps, solver, tolerance, cfg, class_label, denoise, add_noise, (class_labels) → LATENT |
+//! | `VAELoader` | [`vae_loader`] | vae_name → VAE |
+//! | `ODEtDecode` | [`decode`] | samples, (vae) → IMAGE |
+//! | `SaveImage`, `PreviewImage` | [`save_image`] | images, filename_prefix → (PNG files) |
+//! | `LoadLatent` / `SaveLatent` | [`latent_files`] | latent / samples, filename_prefix → LATENT / (.latent file) |
 //!
-//! Checkpoint and VAE choices are listed from the models directory when the host loads the plugin:
-//! `$ODELT_MODELS_DIR`, else `models` (relative to the working directory).
+//! Checkpoint and VAE choices are listed from the models directory the host names in its
+//! [`HostContext`](odelt_contract::HostContext), each time the host asks for the descriptors. Validation follows
+//! linked inputs back to the loaders ([`upstream`]) with the same parsers.
 
+pub mod checkpoint_loader;
 mod convert;
-mod images;
-mod latents;
-mod loaders;
-mod sampling;
+pub mod decode;
+pub mod depth_selector;
+pub mod empty_latent;
+pub mod latent_files;
+pub mod sampler;
+pub mod save_image;
+pub mod upstream;
+pub mod vae_loader;
 
 use odelt_contract::NodeRegistry;
+
+/// The plugin's own value types, beside the contract's ([`odelt_contract::types`]: LATENT, IMAGE, ...).
+pub mod types {
+    pub use odelt_contract::types::*;
+    /// An ODE_t(ODE_l) model at an active length (a handle to this plugin's [`odelt_nodes::pipeline::ModelHandle`]).
+    pub const MODEL: &str = "MODEL";
+    /// A KL autoencoder (a handle to this plugin's [`odelt_nodes::pipeline::VaeHandle`]).
+    pub const VAE: &str = "VAE";
+}
 
 /// The plugin's nodes.
 pub fn nodes() -> NodeRegistry {
     let mut r = NodeRegistry::new("odelt-plugin", env!("CARGO_PKG_VERSION"));
-    loaders::register(&mut r);
-    sampling::register(&mut r);
-    images::register(&mut r);
-    latents::register(&mut r);
-    r.on_free(|_unload_models| odelt_nodes::pipeline::free_memory());
+    r.add::<checkpoint_loader::CheckpointLoader>()
+        .add::<depth_selector::DepthSelector>()
+        .add::<vae_loader::VaeLoader>()
+        .add::<empty_latent::EmptyLatent>()
+        .add::<sampler::Sampler>()
+        .add::<decode::Decode>()
+        .add::<save_image::SaveImage>()
+        .add::<save_image::PreviewImage>()
+        .add::<latent_files::LoadLatent>()
+        .add::<latent_files::SaveLatent>()
+        .on_free(|_unload_models| odelt_nodes::pipeline::free_memory());
     r
 }
 
@@ -64,6 +86,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn combo_lists_follow_the_host_models_dir() {
+        let dir = std::env::temp_dir().join(format!("odelt-plugin-combo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+        std::fs::write(dir.join("checkpoints/a.safetensors"), b"").unwrap();
+        let d = dir.display().to_string();
+        let host = odelt_contract::HostContext {
+            models_dir: RStr::from_str(&d),
+            ..odelt_contract::HostContext::detached()
+        };
+        let info = nodes().object_info_for(&host);
+        let ckpts = &info[odelt_nodes::pipeline::class::LOADER]["input"]["required"]["ckpt_name"][0];
+        assert_eq!(ckpts, &serde_json::json!(["checkpoints/a.safetensors"]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -123,6 +123,42 @@ impl<'a> HostHooks<'a> {
     }
 }
 
+/// Where the host runs its nodes: the device and the directories nodes read and write. The host
+/// fills it for every call that needs it — describing nodes (combo lists of model files),
+/// validating them, running them (see [`ExecContext::host`]) — so a plugin never guesses a
+/// directory (no environment variables as arguments).
+///
+/// Plugins must keep every user-given file name inside the directory it belongs to (see
+/// [`crate::paths`]).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct HostContext<'a> {
+    /// The device the host assigns to device-bound nodes: `"cpu"`, `"cuda:0"`, ...
+    pub device: RStr<'a>,
+    /// Root directory of model files (checkpoints, VAEs).
+    pub models_dir: RStr<'a>,
+    /// Directory of user inputs (uploads, files to load).
+    pub input_dir: RStr<'a>,
+    /// Directory for final outputs (SaveImage-like nodes).
+    pub output_dir: RStr<'a>,
+    /// Directory for temporary/preview outputs.
+    pub temp_dir: RStr<'a>,
+}
+
+impl HostContext<'_> {
+    /// The defaults of a host started in the current directory: device `"cpu"`, directories
+    /// `models`, `input`, `output`, `temp`.
+    pub fn detached() -> HostContext<'static> {
+        HostContext {
+            device: RStr::from_str("cpu"),
+            models_dir: RStr::from_str("models"),
+            input_dir: RStr::from_str("input"),
+            output_dir: RStr::from_str("output"),
+            temp_dir: RStr::from_str("temp"),
+        }
+    }
+}
+
 /// What a node call gets besides its inputs: where it runs, host information (ComfyUI's
 /// hidden inputs), progress reporting and cancellation.
 ///
@@ -149,13 +185,15 @@ pub struct ExecContext<'a> {
     pub temp_dir: RStr<'a>,
     /// Root directory of model files.
     pub models_dir: RStr<'a>,
+    /// Directory of user inputs (uploads, files to load).
+    pub input_dir: RStr<'a>,
     /// Host callbacks.
     pub hooks: HostHooks<'a>,
 }
 
 impl<'a> ExecContext<'a> {
     /// A context with no host behind it: device `"cpu"`, no progress, never cancelled,
-    /// directories `output`, `temp`, `models`. For unit tests of node code.
+    /// directories `output`, `temp`, `models`, `input`. For unit tests of node code.
     pub fn detached() -> ExecContext<'static> {
         ExecContext {
             node_id: RStr::from_str("0"),
@@ -167,7 +205,19 @@ impl<'a> ExecContext<'a> {
             output_dir: RStr::from_str("output"),
             temp_dir: RStr::from_str("temp"),
             models_dir: RStr::from_str("models"),
+            input_dir: RStr::from_str("input"),
             hooks: HostHooks::noop(),
+        }
+    }
+
+    /// The device and directories of this call, as the host described them when it validated.
+    pub fn host(&self) -> HostContext<'a> {
+        HostContext {
+            device: self.device,
+            models_dir: self.models_dir,
+            input_dir: self.input_dir,
+            output_dir: self.output_dir,
+            temp_dir: self.temp_dir,
         }
     }
 

@@ -66,8 +66,8 @@
 //!     r.node_with_validation(
 //!         NodeInfo::new("Even").required("n", InputSpec::int()).output("INT", "n"),
 //!         |inputs, _| Ok(NodeOutput::new().with(inputs.int("n")?)),
-//!         |literals| match literals.get("n").and_then(|v| v.as_i64()) {
-//!             Some(n) if n % 2 != 0 => vec![ValidationIssue::new("n", format!("{n} is odd"))],
+//!         |v| match v.literals().int("n") {
+//!             Ok(n) if n % 2 != 0 => vec![ValidationIssue::new("n", format!("{n} is odd"))],
 //!             _ => vec![],
 //!         },
 //!     );
@@ -105,14 +105,15 @@ pub mod plugin;
 pub mod root_module;
 pub mod value;
 
-pub use context::{ExecContext, HostHooks, PreviewFormat, PreviewImage};
+pub use context::{ExecContext, HostContext, HostHooks, PreviewFormat, PreviewImage};
 pub use descriptor::{
     types, InputMap, InputOptions, InputOrder, InputSpec, InputType, NodeInfo, NodeInputs,
     OdeltFlags, DEFAULT_PYTHON_MODULE,
 };
 pub use error::{ErrorKind, NodeError, ValidationIssue};
 pub use plugin::{
-    catch_panic, install_quiet_panic_hook, linked_input, Inputs, LinkedInput, NodeRegistry,
+    catch_panic, install_quiet_panic_hook, linked_input, literal_values, Inputs, LinkedInput,
+    Node, NodeRegistry, Validation,
 };
 pub use root_module::{NodeOutput, PluginInfo, PluginMod, PluginMod_Ref, CONTRACT_VERSION};
 pub use value::{DType, Handle, NamedValue, OpaqueBox, OpaqueObject, TensorBuf, Value};

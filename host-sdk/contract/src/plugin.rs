@@ -11,7 +11,7 @@ use abi_stable::{
 };
 use serde_json::{Map, Value as Json};
 
-use crate::context::ExecContext;
+use crate::context::{ExecContext, HostContext};
 use crate::descriptor::NodeInfo;
 use crate::error::{NodeError, ValidationIssue};
 use crate::root_module::{NodeOutput, PluginInfo, PluginMod, PluginMod_Ref, CONTRACT_VERSION};
@@ -278,16 +278,117 @@ pub fn linked_input<'a>(inputs: &'a Map<String, Json>, name: &str) -> Option<Lin
     inputs.get(name).and_then(LinkedInput::from_json)
 }
 
+/// The literal inputs of a validate hook's map (or of an upstream node's, [`LinkedInput::inputs`])
+/// as the values a node call would receive, so one typed parser ([`Inputs`]) serves validation
+/// and execution alike. Linked inputs are left out (their values are unknown before the run):
+/// a parser that needs one fails with "missing", which validation reads as "cannot check yet".
+///
+/// JSON numbers without a fraction become INT (a `u64` above `i64::MAX` bit-cast, as
+/// [`Inputs::u64`] reads it back), other numbers FLOAT, strings STRING, booleans BOOLEAN,
+/// anything else JSON text.
+pub fn literal_values(inputs: &Map<String, Json>) -> Vec<NamedValue> {
+    inputs
+        .iter()
+        .filter(|(_, v)| LinkedInput::from_json(v).is_none() && !is_raw_link(v))
+        .filter_map(|(k, v)| {
+            let value = match v {
+                Json::Bool(b) => Value::Bool(*b),
+                Json::String(s) => Value::from(s.as_str()),
+                Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                    (Some(i), _, _) => Value::Int(i),
+                    (None, Some(u), _) => Value::Int(u as i64),
+                    (None, None, Some(f)) => Value::Float(f),
+                    _ => return None,
+                },
+                Json::Null => return None,
+                other => Value::Json(other.to_string().into()),
+            };
+            Some(NamedValue::new(k, value))
+        })
+        .collect()
+}
+
+/// A link as the API format writes it (`["id", out]`), not described by the host.
+fn is_raw_link(v: &Json) -> bool {
+    matches!(v, Json::Array(a) if a.len() == 2 && a[0].is_string() && a[1].is_u64())
+}
+
+/// What a node's validation sees: its inputs as the host describes them (literals, and linked
+/// inputs with their upstream nodes, see [`NodeRegistry::node_with_validation`]) and the
+/// directories and device the run will use. Derefs to the input map.
+pub struct Validation<'a> {
+    /// The inputs: literals as JSON values, linked inputs as link objects ([`LinkedInput`]).
+    pub inputs: &'a Map<String, Json>,
+    /// Where the run will happen.
+    pub host: &'a HostContext<'a>,
+    literals: Vec<NamedValue>,
+}
+
+impl<'a> Validation<'a> {
+    /// Wraps a map and a host context.
+    pub fn new(inputs: &'a Map<String, Json>, host: &'a HostContext<'a>) -> Self {
+        Validation {
+            inputs,
+            host,
+            literals: literal_values(inputs),
+        }
+    }
+
+    /// The literal inputs, read with the same typed accessors as at execution.
+    pub fn literals(&self) -> Inputs<'_> {
+        Inputs::new(&self.literals)
+    }
+
+    /// Input `name`, if it is linked and described.
+    pub fn link(&self, name: &str) -> Option<LinkedInput<'a>> {
+        linked_input(self.inputs, name)
+    }
+}
+
+impl std::ops::Deref for Validation<'_> {
+    type Target = Map<String, Json>;
+    fn deref(&self) -> &Self::Target {
+        self.inputs
+    }
+}
+
+/// One node as a type, ComfyUI's node class in Rust: its descriptor ([`Node::describe`], the
+/// `INPUT_TYPES`/`RETURN_TYPES` of ComfyUI), its body ([`Node::run`], the `FUNCTION`) and,
+/// optionally, checks before anything runs ([`Node::validate`]). Register it with
+/// [`NodeRegistry::add`].
+///
+/// The idiom: parse the node's inputs into a typed struct with one function taking
+/// [`Inputs`], and call it from `run` (with the call's inputs) and from `validate` (with
+/// [`Validation::literals`]), so the interface is written once.
+pub trait Node: Send + Sync + 'static {
+    /// The class name (`class_type` in workflows).
+    const CLASS: &'static str;
+    /// Whether [`Node::validate`] does anything (shown in the descriptor's flags).
+    const VALIDATES: bool = false;
+    /// The descriptor for a host with these directories (combo lists may read them). Its
+    /// name must be [`Node::CLASS`].
+    fn describe(host: &HostContext<'_>) -> NodeInfo;
+    /// Runs the node.
+    fn run(inputs: &Inputs<'_>, ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError>;
+    /// Checks before anything runs (when [`Node::VALIDATES`]).
+    fn validate(_v: &Validation<'_>) -> Vec<ValidationIssue> {
+        Vec::new()
+    }
+}
+
 /// The function that runs a node.
 pub type RunFn =
     dyn Fn(&Inputs<'_>, &ExecContext<'_>) -> Result<NodeOutput, NodeError> + Send + Sync;
-/// A node's own validation of its literal inputs (linked inputs are absent from the map).
-pub type ValidateFn = dyn Fn(&Map<String, Json>) -> Vec<ValidationIssue> + Send + Sync;
+/// A node's own validation (see [`Validation`]).
+pub type ValidateFn = dyn Fn(&Validation<'_>) -> Vec<ValidationIssue> + Send + Sync;
+/// Builds a node's descriptor for a host.
+pub type DescribeFn = dyn Fn(&HostContext<'_>) -> NodeInfo + Send + Sync;
 /// Called for `POST /free`; the flag is `unload_models`.
 pub type FreeFn = dyn Fn(bool) + Send + Sync;
 
 struct Entry {
-    info: NodeInfo,
+    name: String,
+    describe: Box<DescribeFn>,
     run: Box<RunFn>,
     validate: Option<Box<ValidateFn>>,
 }
@@ -315,7 +416,25 @@ impl NodeRegistry {
         }
     }
 
-    /// Adds a node.
+    /// Adds a node type (see [`Node`]).
+    ///
+    /// # Panics
+    /// As [`NodeRegistry::node`]; also if the descriptor's name is not `N::CLASS`.
+    pub fn add<N: Node>(&mut self) -> &mut Self {
+        let validate: Option<Box<ValidateFn>> = if N::VALIDATES {
+            Some(Box::new(|v: &Validation<'_>| N::validate(v)))
+        } else {
+            None
+        };
+        self.push(
+            N::CLASS,
+            Box::new(|h: &HostContext<'_>| N::describe(h)),
+            Box::new(|i: &Inputs<'_>, c: &ExecContext<'_>| N::run(i, c)),
+            validate,
+        )
+    }
+
+    /// Adds a node with a fixed descriptor.
     ///
     /// # Panics
     /// If a node with the same name was already added or the descriptor is inconsistent
@@ -327,49 +446,57 @@ impl NodeRegistry {
             + Sync
             + 'static,
     {
-        self.push(info, Box::new(run), None)
+        let name = info.name.clone();
+        self.push(&name, fixed(info), Box::new(run), None)
     }
 
     /// Adds a node with its own input validation, called by the host before anything runs;
     /// each returned issue becomes a `custom_validation_failed` error for that input.
     ///
-    /// The map holds every given input of the node: literal inputs as their (checked,
-    /// converted) JSON values, and linked inputs as objects describing the upstream node:
-    /// `{"$link": [src_id, out_index], "class_type": "...", "output_type": "...", "inputs":
-    /// {...}}`, where `inputs` is the upstream node's own map built the same way (up to 16
-    /// levels; deeper, or past 4096 link objects, `"truncated": true` replaces `inputs`).
-    /// Read them with [`linked_input`] and [`LinkedInput::find_upstream`]; ignore them if
-    /// the node only cares about its literals.
+    /// The [`Validation`] holds every given input of the node: literal inputs as their
+    /// (checked, converted) JSON values, and linked inputs as objects describing the upstream
+    /// node: `{"$link": [src_id, out_index], "class_type": "...", "output_type": "...",
+    /// "inputs": {...}}`, where `inputs` is the upstream node's own map built the same way (up
+    /// to 16 levels; deeper, or past 4096 link objects, `"truncated": true` replaces
+    /// `inputs`). Read them with [`Validation::link`] and [`LinkedInput::find_upstream`];
+    /// ignore them if the node only cares about its literals.
     pub fn node_with_validation<F, V>(&mut self, info: NodeInfo, run: F, validate: V) -> &mut Self
     where
         F: Fn(&Inputs<'_>, &ExecContext<'_>) -> Result<NodeOutput, NodeError>
             + Send
             + Sync
             + 'static,
-        V: Fn(&Map<String, Json>) -> Vec<ValidationIssue> + Send + Sync + 'static,
+        V: Fn(&Validation<'_>) -> Vec<ValidationIssue> + Send + Sync + 'static,
     {
-        self.push(info, Box::new(run), Some(Box::new(validate)))
+        let name = info.name.clone();
+        self.push(&name, fixed(info), Box::new(run), Some(Box::new(validate)))
     }
 
     fn push(
         &mut self,
-        mut info: NodeInfo,
+        name: &str,
+        describe: Box<DescribeFn>,
         run: Box<RunFn>,
         validate: Option<Box<ValidateFn>>,
     ) -> &mut Self {
+        // Check the descriptor once, for a default host, so mistakes show at registration.
+        let info = describe(&HostContext::detached());
         if let Err(e) = info.check() {
             panic!("plugin {}: {e}", self.name);
         }
-        if self.index.contains_key(&info.name) {
+        if info.name != name {
             panic!(
-                "plugin {}: node '{}' registered twice",
+                "plugin {}: node '{name}' describes itself as '{}'",
                 self.name, info.name
             );
         }
-        info.odelt.validates_inputs = validate.is_some();
-        self.index.insert(info.name.clone(), self.entries.len());
+        if self.index.contains_key(name) {
+            panic!("plugin {}: node '{name}' registered twice", self.name);
+        }
+        self.index.insert(name.to_string(), self.entries.len());
         self.entries.push(Entry {
-            info,
+            name: name.to_string(),
+            describe,
             run,
             validate,
         });
@@ -387,21 +514,38 @@ impl NodeRegistry {
         &self.name
     }
 
-    /// The descriptors of all nodes, in registration order.
-    pub fn infos(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.entries.iter().map(|e| &e.info)
+    /// The node class names, in registration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.name.as_str())
     }
 
-    /// The `/object_info` JSON object for this plugin.
-    pub fn object_info(&self) -> Json {
+    /// The descriptor of every node for `host`, in registration order.
+    pub fn infos(&self, host: &HostContext<'_>) -> Vec<NodeInfo> {
+        self.entries.iter().map(|e| self.info_of(e, host)).collect()
+    }
+
+    fn info_of(&self, e: &Entry, host: &HostContext<'_>) -> NodeInfo {
+        let mut info = (e.describe)(host);
+        info.odelt.validates_inputs = e.validate.is_some();
+        info
+    }
+
+    /// The `/object_info` JSON object for this plugin, for `host`.
+    pub fn object_info_for(&self, host: &HostContext<'_>) -> Json {
         let mut m = Map::new();
         for e in &self.entries {
+            let info = self.info_of(e, host);
             m.insert(
-                e.info.name.clone(),
-                serde_json::to_value(&e.info).unwrap_or(Json::Null),
+                e.name.clone(),
+                serde_json::to_value(&info).unwrap_or(Json::Null),
             );
         }
         Json::Object(m)
+    }
+
+    /// The `/object_info` JSON object for a default host ([`HostContext::detached`]).
+    pub fn object_info(&self) -> Json {
+        self.object_info_for(&HostContext::detached())
     }
 
     /// Runs node `class_type` (panics are caught).
@@ -415,16 +559,17 @@ impl NodeRegistry {
         catch_panic(|| (e.run)(&Inputs::new(inputs), ctx))
     }
 
-    /// Runs node `class_type`'s own validation (panics are caught).
+    /// Runs node `class_type`'s own validation for `host` (panics are caught).
     pub fn validate(
         &self,
         class_type: &str,
-        literal_inputs: &Map<String, Json>,
+        inputs: &Map<String, Json>,
+        host: &HostContext<'_>,
     ) -> Result<Vec<ValidationIssue>, NodeError> {
         let e = self.entry(class_type)?;
         match &e.validate {
             None => Ok(Vec::new()),
-            Some(v) => catch_panic(|| Ok(v(literal_inputs))),
+            Some(v) => catch_panic(|| Ok(v(&Validation::new(inputs, host)))),
         }
     }
 
@@ -436,6 +581,10 @@ impl NodeRegistry {
                 NodeError::failed(format!("plugin {} has no node '{class_type}'", self.name))
             })
     }
+}
+
+fn fixed(info: NodeInfo) -> Box<DescribeFn> {
+    Box::new(move |_: &HostContext<'_>| info.clone())
 }
 
 // ---- the root module built from a registry -------------------------------------------------
@@ -474,10 +623,10 @@ extern "C" fn ffi_plugin_info() -> PluginInfo {
     }
 }
 
-extern "C" fn ffi_node_descriptors() -> RResult<RString, NodeError> {
+extern "C" fn ffi_node_descriptors(host: &HostContext<'_>) -> RResult<RString, NodeError> {
     to_rresult(catch_panic(|| {
         let r = registry()?;
-        serde_json::to_string(&r.object_info())
+        serde_json::to_string(&r.object_info_for(host))
             .map(RString::from)
             .map_err(|e| NodeError::failed(format!("serializing descriptors: {e}")))
     }))
@@ -486,12 +635,13 @@ extern "C" fn ffi_node_descriptors() -> RResult<RString, NodeError> {
 extern "C" fn ffi_validate(
     class_type: RStr<'_>,
     literal_inputs_json: RStr<'_>,
+    host: &HostContext<'_>,
 ) -> RResult<RVec<ValidationIssue>, NodeError> {
     to_rresult(catch_panic(|| {
         let r = registry()?;
         let inputs: Map<String, Json> = serde_json::from_str(literal_inputs_json.as_str())
             .map_err(|e| NodeError::failed(format!("literal inputs are not a JSON object: {e}")))?;
-        r.validate(class_type.as_str(), &inputs).map(RVec::from)
+        r.validate(class_type.as_str(), &inputs, host).map(RVec::from)
     }))
 }
 
@@ -606,9 +756,10 @@ mod tests {
     fn validation_and_flags() {
         let r = reg();
         let mut m = Map::new();
-        assert!(r.validate("Boom", &m).unwrap().is_empty());
+        let host = HostContext::detached();
+        assert!(r.validate("Boom", &m, &host).unwrap().is_empty());
         m.insert("bad".into(), Json::Bool(true));
-        assert_eq!(r.validate("Boom", &m).unwrap().len(), 1);
+        assert_eq!(r.validate("Boom", &m, &host).unwrap().len(), 1);
         let info = r.object_info();
         assert_eq!(info["Boom"]["odelt"]["validates_inputs"], Json::Bool(true));
         assert!(info["Add"].get("odelt").is_none());

@@ -10,7 +10,7 @@ use abi_stable::{
     StableAbi,
 };
 
-use crate::context::ExecContext;
+use crate::context::{ExecContext, HostContext};
 use crate::error::{NodeError, ValidationIssue};
 use crate::value::{NamedValue, Value};
 
@@ -94,16 +94,19 @@ impl NodeOutput {
 pub struct PluginMod {
     /// Name and version.
     pub plugin_info: extern "C" fn() -> PluginInfo,
-    /// The JSON object `{class_type: NodeInfo}` — exactly what `/object_info` serves.
-    pub node_descriptors: extern "C" fn() -> RResult<RString, NodeError>,
+    /// The JSON object `{class_type: NodeInfo}` — exactly what `/object_info` serves — for a
+    /// host with these directories (combo inputs list the files found there). Called when the
+    /// host loads the plugin and again whenever its directories change.
+    pub node_descriptors: extern "C" fn(host: &HostContext<'_>) -> RResult<RString, NodeError>,
     /// Node-specific validation, run by the host before anything executes, with a JSON
     /// object of the node's inputs: literals as values, linked inputs as
     /// `{"$link": [id, out], "class_type", "output_type", "inputs": {...}}` objects describing
     /// the upstream nodes (see `NodeRegistry::node_with_validation`). Returns the problems
-    /// found (empty = fine).
+    /// found (empty = fine). `host` holds the directories and device the run will use.
     pub validate: extern "C" fn(
         class_type: RStr<'_>,
         literal_inputs_json: RStr<'_>,
+        host: &HostContext<'_>,
     ) -> RResult<RVec<ValidationIssue>, NodeError>,
     /// Runs one node. `inputs` holds every given input (optional ones may be absent).
     pub execute: extern "C" fn(

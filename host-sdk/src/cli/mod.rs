@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use odelt_host::{PluginSearch, PluginSet};
+use odelt_host::{HostDirs, PluginSearch, PluginSet};
 
 /// Exit status: generic failure (bad arguments, unreadable or malformed workflow, plugins).
 pub const EXIT_FAILURE: u8 = 1;
@@ -62,11 +62,12 @@ pub struct PluginArgs {
 }
 
 impl PluginArgs {
-    /// Loads the plugins. Directory-scan warnings are kept in the set; print them with
-    /// [`print_warnings`] after the result, so a failure's reason stays the first line.
-    pub fn load(&self) -> Result<Arc<PluginSet>, String> {
+    /// Loads the plugins, described for `host`. Directory-scan warnings are kept in the set;
+    /// print them with [`print_warnings`] after the result, so a failure's reason stays the
+    /// first line.
+    pub fn load(&self, host: HostDirs) -> Result<Arc<PluginSet>, String> {
         let search = PluginSearch::from_env(self.plugins.clone());
-        let set = search.load().map_err(|e| e.to_string())?;
+        let set = search.load_for(host).map_err(|e| e.to_string())?;
         if set.plugins().is_empty() {
             let looked: Vec<String> = search
                 .paths()
@@ -96,6 +97,9 @@ pub struct ExecArgs {
     /// Where output nodes write files.
     #[arg(long, value_name = "DIR", default_value = "output")]
     pub output_dir: PathBuf,
+    /// Where nodes read user inputs and `odelt serve` keeps uploads (/upload/image, /view?type=input).
+    #[arg(long, value_name = "DIR", default_value = "input")]
+    pub input_dir: PathBuf,
     /// Where preview nodes write temporary files.
     #[arg(long, value_name = "DIR", default_value = "temp")]
     pub temp_dir: PathBuf,
@@ -115,6 +119,7 @@ impl ExecArgs {
             output_dir: self.output_dir.clone(),
             temp_dir: self.temp_dir.clone(),
             models_dir: self.models_dir.clone(),
+            input_dir: self.input_dir.clone(),
             ..odelt_host::ExecutorConfig::default()
         };
         if let Some(w) = self.workers {
@@ -123,18 +128,11 @@ impl ExecArgs {
         config
     }
 
-    /// Exports the models directory for the plugins (see [`export_models_dir`]), then loads them.
+    /// Loads the plugins, described for the directories and device of these flags (the same
+    /// ones the executor then validates and runs with).
     pub fn load_plugins(&self, plugins: &PluginArgs) -> Result<Arc<PluginSet>, String> {
-        export_models_dir(&self.models_dir);
-        plugins.load()
+        plugins.load(self.executor_config().host_dirs())
     }
-}
-
-/// Tells plugins where the models are before they load: plugins build their file lists (ComfyUI combo inputs) when
-/// they describe their nodes, and read `ODELT_MODELS_DIR` for it. Called before any thread is started.
-pub fn export_models_dir(dir: &std::path::Path) {
-    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    std::env::set_var("ODELT_MODELS_DIR", abs);
 }
 
 /// Prints the plugin search warnings (skipped libraries) to stderr.

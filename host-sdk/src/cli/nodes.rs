@@ -26,8 +26,11 @@ pub struct NodesArgs {
 
 /// Runs `odelt nodes`.
 pub fn nodes(a: NodesArgs) -> ExitCode {
-    super::export_models_dir(&a.models_dir);
-    let plugins = match a.plugins.load() {
+    let host = odelt_host::HostDirs {
+        models_dir: a.models_dir.clone(),
+        ..odelt_host::HostDirs::default()
+    };
+    let plugins = match a.plugins.load(host) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e, None),
     };

@@ -19,9 +19,6 @@ pub struct ServeArgs {
     plugins: PluginArgs,
     #[command(flatten)]
     exec: super::ExecArgs,
-    /// Where uploads go (/upload/image, /view?type=input).
-    #[arg(long, value_name = "DIR", default_value = "input")]
-    input_dir: PathBuf,
     /// Most prompts waiting; more are refused with 503 until the queue drains.
     #[arg(long, default_value_t = 1000)]
     max_queue: usize,
@@ -47,7 +44,7 @@ pub fn serve(a: ServeArgs) -> ExitCode {
     let cfg = ServeConfig {
         listen: a.listen,
         executor,
-        input_dir: a.input_dir.clone(),
+        input_dir: a.exec.input_dir.clone(),
         max_queue: a.max_queue.max(1),
         max_upload_bytes: a.max_upload_mb.max(1) << 20,
         frontend_root: a.frontend_root.clone(),

@@ -51,6 +51,7 @@ pub fn server_with(tag: &str, tweak: impl FnOnce(&mut ServeConfig)) -> TestServe
             output_dir: dir.join("output"),
             temp_dir: dir.join("temp"),
             models_dir: dir.join("models"),
+            input_dir: dir.join("input"),
             cache_runs: 1,
         },
         input_dir: dir.join("input"),

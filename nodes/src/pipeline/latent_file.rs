@@ -2,7 +2,7 @@
 //! tensor `latent_format_version_0`; files without the marker are old-format latents stored ×0.18215.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
@@ -21,6 +21,47 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
         path: path.to_path_buf(),
         message: msg.to_string(),
     }
+}
+
+/// Where LoadLatent finds `name`: an absolute path as given; a relative one under the output directory (where
+/// SaveLatent writes), then the input directory. Relative names may not contain `..`.
+pub fn resolve_latent_file(
+    output_dir: Option<&Path>,
+    input_dir: Option<&Path>,
+    name: &str,
+) -> Result<PathBuf> {
+    if name.trim().is_empty() {
+        return Err(Error::Invalid("no .latent file given".into()));
+    }
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::Invalid(format!("latent file {name:?} not found")))
+        };
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::Invalid(format!(
+            "latent file name {name:?} contains `..`"
+        )));
+    }
+    let mut looked = Vec::new();
+    for dir in [output_dir, input_dir].into_iter().flatten() {
+        let cand = dir.join(p);
+        if cand.is_file() {
+            return Ok(cand);
+        }
+        looked.push(dir.display().to_string());
+    }
+    Err(Error::Invalid(format!(
+        "latent file {name:?} not found (looked in {})",
+        if looked.is_empty() {
+            "no directory: give an absolute path".to_string()
+        } else {
+            looked.join(", ")
+        }
+    )))
 }
 
 /// Writes `latent` (NCHW f32) with `metadata` (ComfyUI puts `prompt` and the `extra_pnginfo` entries there).

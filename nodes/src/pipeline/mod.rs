@@ -8,8 +8,7 @@
 //!   out), empty latents, labels.
 //! - [`vae`]: the VAE value and decoding; [`image`]: pixel-space decoding and previews.
 //! - [`png`]: SaveImage/PreviewImage files (ComfyUI names, `prompt`/`workflow` text chunks);
-//!   [`latent_file`]: ComfyUI `.latent` files.
-//! - [`validate`]: checks run before anything executes (following linked inputs back to the loaders).
+//!   [`latent_file`]: ComfyUI `.latent` files (and where LoadLatent finds them).
 //!
 //! Conventions (ComfyUI's): LATENT = `[B, C, H, W]` f32 raw latents (for pixel-space models with latent scale 1:
 //! the model's own space, pixels in [-1, 1]); IMAGE = `[B, H, W, C]` f32 in 0..1.
@@ -23,7 +22,6 @@ pub mod models_dir;
 pub mod png;
 pub mod sampler;
 pub mod vae;
-pub mod validate;
 
 pub use array::Array;
 pub use device::Precision;
@@ -31,7 +29,7 @@ pub use model::{LoadedCheckpoint, LoaderOptions, ModelHandle};
 pub use sampler::{run_sampler, SamplerSettings};
 pub use vae::VaeHandle;
 
-/// The node class names (shared by the plugin's registrations and the link-following validation).
+/// The node class names (the plugin's nodes, and the upstream classes its validation follows links to).
 pub mod class {
     /// Checkpoint loader → MODEL.
     pub const LOADER: &str = "ODEtODElCheckpointLoader";
