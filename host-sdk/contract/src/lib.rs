@@ -11,9 +11,11 @@
 //! - [`Value`]s: INT (`i64`), FLOAT (`f64`), STRING, BOOLEAN, tensors as bytes
 //!   ([`TensorBuf`]: dtype, shape, data — shared behind an `RArc`, never copied by the host),
 //!   opaque plugin-owned [`Handle`]s (MODEL, VAE, ...) and JSON text for anything else;
+//! - a [`HostContext`] (device; models, input, output and temp directories) whenever the host
+//!   asks for descriptors or validation, so combo lists, checks and runs see the same folders;
 //! - an [`ExecContext`] per call: progress (with optional preview), cancellation, the
 //!   assigned device, and host information (node id, prompt JSON, `extra_pnginfo`, output,
-//!   temp and models directories);
+//!   temp, models and input directories);
 //! - results: [`NodeOutput`] (values + optional UI JSON) or [`NodeError`];
 //! - node-specific validation of inputs before anything runs ([`ValidationIssue`]; linked
 //!   inputs are described with their upstream nodes, see [`LinkedInput`]).
@@ -23,8 +25,8 @@
 //! ## Writing a plugin
 //!
 //! ```
-//! use odelt_contract::{ExecContext, InputSpec, Inputs, NodeError, NodeInfo, NodeOutput,
-//!                      NodeRegistry, ValidationIssue, Handle};
+//! use odelt_contract::{ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo,
+//!                      NodeOutput, NodeRegistry, Validation, ValidationIssue, Handle};
 //!
 //! struct Counter { start: i64 }
 //!
@@ -71,7 +73,32 @@
 //!             _ => vec![],
 //!         },
 //!     );
+//!     // A node as a type (ComfyUI's node class): its descriptor for the host's directories, one
+//!     // parser of its inputs shared by validation and execution, its body.
+//!     r.add::<Halve>();
 //!     r
+//! }
+//!
+//! struct Halve;
+//! /// Halve's inputs, parsed once for validation and execution.
+//! fn halve_inputs(i: &Inputs<'_>) -> Result<i64, NodeError> {
+//!     i.int("n")
+//! }
+//! impl Node for Halve {
+//!     const CLASS: &'static str = "Halve";
+//!     const VALIDATES: bool = true;
+//!     fn describe(_host: &HostContext<'_>) -> NodeInfo {
+//!         NodeInfo::new(Self::CLASS).required("n", InputSpec::int()).output("INT", "half")
+//!     }
+//!     fn run(inputs: &Inputs<'_>, _ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError> {
+//!         Ok(NodeOutput::new().with(halve_inputs(inputs)? / 2))
+//!     }
+//!     fn validate(v: &Validation<'_>) -> Vec<ValidationIssue> {
+//!         match halve_inputs(&v.literals()) {
+//!             Ok(n) if n % 2 != 0 => vec![ValidationIssue::new("n", format!("{n} is odd"))],
+//!             _ => vec![], // fine, or linked (unknown until the run)
+//!         }
+//!     }
 //! }
 //!
 //! // In the cdylib: odelt_contract::export_plugin!(nodes);
@@ -82,6 +109,9 @@
 //!                              odelt_contract::NamedValue::new("b", 3i64)],
 //!                     &ExecContext::detached()).unwrap();
 //! assert!(matches!(out.values[0], odelt_contract::Value::Int(5)));
+//! let odd = serde_json::json!({"n": 3});
+//! let issues = r.validate("Halve", odd.as_object().unwrap(), &HostContext::detached()).unwrap();
+//! assert_eq!(issues[0].message.as_str(), "3 is odd");
 //! ```
 //!
 //! Rules a plugin follows:
