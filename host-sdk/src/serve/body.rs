@@ -1,10 +1,13 @@
-//! JSON error responses and bounded request-body reading.
+//! JSON error responses (and the answers to refused file paths) and bounded request-body
+//! reading.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
+
+use super::files::PathFault;
 
 /// An error answered as JSON: `{"error": {"type", "message", "details", "extra_info"}, ...}`.
 #[derive(Debug)]
@@ -59,6 +62,20 @@ pub(crate) fn json_ok(v: &Json) -> Response {
         v.to_string(),
     )
         .into_response()
+}
+
+/// An empty 200 response.
+pub(crate) fn empty_ok() -> Response {
+    StatusCode::OK.into_response()
+}
+
+/// The answer to a refused file path: 400 `invalid_path`, 403 `forbidden_path` or 404.
+pub(crate) fn path_fault(f: PathFault) -> ApiError {
+    match f {
+        PathFault::BadName(m) => ApiError::bad_request("invalid_path", m),
+        PathFault::Escape(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden_path", m),
+        PathFault::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+    }
 }
 
 /// How much of an oversized body is read and thrown away before answering 413, so the

@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
+
+use crate::sync::lock;
 
 /// Binary event type: `[u32 1][u32 image type][image bytes]`.
 pub const PREVIEW_IMAGE: u32 = 1;
@@ -91,16 +93,12 @@ impl Hub {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Conn>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Adds a socket; returns its key, its frame receiver and its preview-metadata flag.
     pub fn register(&self, client_id: &str) -> (u64, mpsc::Receiver<Out>, Arc<AtomicBool>) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let flag = Arc::new(AtomicBool::new(false));
-        self.lock().insert(
+        lock(&self.conns).insert(
             key,
             Conn {
                 client_id: client_id.to_string(),
@@ -112,21 +110,21 @@ impl Hub {
     }
 
     pub fn unregister(&self, key: u64) {
-        self.lock().remove(&key);
+        lock(&self.conns).remove(&key);
     }
 
     /// Number of open sockets.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.conns).len()
     }
 
     /// Drops every socket's sender, which ends their connections.
     pub fn close_all(&self) {
-        self.lock().clear();
+        lock(&self.conns).clear();
     }
 
     fn send_with(&self, client: Option<&str>, mut make: impl FnMut(&Conn) -> Out) {
-        let conns = self.lock();
+        let conns = lock(&self.conns);
         for c in conns.values() {
             if client.is_none_or(|id| id == c.client_id) {
                 // A full channel means the client stopped reading: it loses this frame.

@@ -19,72 +19,36 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod api;
 mod body;
+mod config;
+mod extract;
 mod files;
-mod frontend;
 mod hub;
+mod meminfo;
 mod multipart;
 mod queue;
+mod router;
+mod routes;
+mod safetensors;
 mod security;
+mod state;
 mod web;
 mod worker;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
-use crate::executor::{Executor, ExecutorConfig};
+use crate::executor::Executor;
 use crate::loader::PluginSet;
+use state::Shared;
 
+pub use config::ServeConfig;
 pub use files::{resolve_existing, PathFault};
 pub use multipart::{parse_multipart, MultipartError, Part};
 pub use queue::History;
 pub use security::origin_allowed;
-
-/// How the server runs.
-#[derive(Clone, Debug)]
-pub struct ServeConfig {
-    /// Address to listen on (loopback by default; port 0 picks a free port).
-    pub listen: SocketAddr,
-    /// The executor's settings (device, workers, output/temp/models directories, cache).
-    pub executor: ExecutorConfig,
-    /// ComfyUI's `input/` folder (uploads, `/view?type=input`).
-    pub input_dir: PathBuf,
-    /// Most prompts waiting in the queue; more are answered 503 `queue_full`.
-    pub max_queue: usize,
-    /// Most history entries kept (oldest dropped first).
-    pub max_history: usize,
-    /// Most bytes of waiting requests; more are answered 503 `queue_full`.
-    pub max_queue_bytes: usize,
-    /// Most bytes of history JSON kept (oldest dropped first; the newest always stays).
-    pub max_history_bytes: usize,
-    /// Largest accepted upload body in bytes (413 beyond).
-    pub max_upload_bytes: usize,
-    /// Largest accepted JSON request body in bytes (413 beyond).
-    pub max_json_bytes: usize,
-    /// A stock ComfyUI frontend build to serve at `/` instead of the built-in editor.
-    pub frontend_root: Option<PathBuf>,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8188)),
-            executor: ExecutorConfig::default(),
-            input_dir: PathBuf::from("input"),
-            max_queue: 1000,
-            max_history: 10_000,
-            max_queue_bytes: 512 << 20,
-            max_history_bytes: 256 << 20,
-            max_upload_bytes: 32 << 20,
-            max_json_bytes: 16 << 20,
-            frontend_root: None,
-        }
-    }
-}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,37 +72,6 @@ pub enum ServeError {
     /// The async runtime or a thread could not be started.
     #[error("cannot start the server runtime: {0}")]
     Runtime(std::io::Error),
-}
-
-/// The node running now (told to a socket that connects meanwhile, as ComfyUI does).
-pub(crate) struct Current {
-    pub client: Option<String>,
-    pub prompt_id: String,
-    pub node_id: String,
-}
-
-/// State shared by the HTTP handlers and the worker.
-pub(crate) struct Shared {
-    pub exec: Arc<Executor>,
-    pub queue: queue::Queue,
-    pub hub: hub::Hub,
-    pub cfg: ServeConfig,
-    pub started: Instant,
-    /// Settings and user files the stock ComfyUI frontend stores (in memory).
-    pub compat: frontend::CompatStore,
-    /// The node running now.
-    pub current: Mutex<Option<Current>>,
-    /// Serialises `status` broadcasts so the last one sent is the current count.
-    status_lock: Mutex<()>,
-}
-
-impl Shared {
-    /// Sends `status` with the current queue count to every socket.
-    pub fn broadcast_status(&self) {
-        let _g = self.status_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let n = self.queue.remaining();
-        self.hub.send_json(None, &hub::status_message(n, None));
-    }
 }
 
 /// A running server. Dropping it stops the server (without waiting).
@@ -224,17 +157,7 @@ pub fn start(plugins: Arc<PluginSet>, cfg: ServeConfig) -> Result<ServerHandle, 
         .map_err(ServeError::Runtime)?;
 
     let exec = Arc::new(Executor::new(plugins, cfg.executor.clone()));
-    let shared = Arc::new(Shared {
-        exec,
-        queue: queue::Queue::new(cfg.max_queue, cfg.max_history)
-            .with_byte_limits(cfg.max_queue_bytes, cfg.max_history_bytes),
-        hub: hub::Hub::new(),
-        cfg,
-        started: Instant::now(),
-        compat: frontend::CompatStore::default(),
-        current: Mutex::new(None),
-        status_lock: Mutex::new(()),
-    });
+    let shared = Arc::new(Shared::new(exec, cfg));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -246,7 +169,7 @@ pub fn start(plugins: Arc<PluginSet>, cfg: ServeConfig) -> Result<ServerHandle, 
         let _enter = runtime.enter();
         tokio::net::TcpListener::from_std(std_listener).map_err(ServeError::Runtime)?
     };
-    let app = api::router(shared.clone());
+    let app = router::router(shared.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let http = std::thread::Builder::new()
         .name("odelt-serve-http".into())

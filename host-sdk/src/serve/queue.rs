@@ -2,13 +2,14 @@
 //! prompt with its cancel token, and the history (capped, oldest dropped first).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::{json, Map, Value as Json};
 
 use crate::events::CancelToken;
 use crate::executor::RunOptions;
 use crate::prompt::Prompt;
+use crate::sync::lock;
 use crate::validate::Plan;
 
 /// A validated prompt waiting to run.
@@ -224,10 +225,6 @@ impl Queue {
         self
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// ComfyUI's priority: an explicit `number`, else the counter (negated with `front`).
     /// Checks the id, the capacity, then queues. Returns the number used.
     pub fn submit(
@@ -238,7 +235,7 @@ impl Queue {
         build: impl FnOnce(f64, u64) -> QueueItem,
         prompt_id: &str,
     ) -> Result<f64, SubmitError> {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         if s.stop {
             return Err(SubmitError::Stopping);
         }
@@ -283,7 +280,7 @@ impl Queue {
 
     /// Blocks until there is work: pending `/free` requests are handled between prompts.
     pub fn next(&self) -> Next {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         loop {
             if s.stop {
                 return Next::Stop;
@@ -310,7 +307,7 @@ impl Queue {
 
     /// Records the finished prompt in history and clears `running`.
     pub fn finish(&self, prompt_id: &str, entry: Json) {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         s.running = None;
         s.ids.remove(prompt_id);
         s.history.insert(prompt_id.to_string(), entry);
@@ -318,13 +315,13 @@ impl Queue {
 
     /// Pending + running.
     pub fn remaining(&self) -> usize {
-        let s = self.lock();
+        let s = lock(&self.state);
         s.pending.len() + usize::from(s.running.is_some())
     }
 
     /// `(queue_running, queue_pending)` as ComfyUI tuples.
     pub fn snapshot(&self) -> (Vec<Json>, Vec<Json>) {
-        let s = self.lock();
+        let s = lock(&self.state);
         let running = s.running.iter().map(|r| r.item.tuple()).collect();
         let pending = s.pending.iter().map(|p| p.tuple()).collect();
         (running, pending)
@@ -332,7 +329,7 @@ impl Queue {
 
     /// Removes every pending prompt; returns how many.
     pub fn clear_pending(&self) -> usize {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         let n = s.pending.len();
         s.pending_bytes = 0;
         let ids: Vec<String> = s.pending.drain(..).map(|p| p.prompt_id.clone()).collect();
@@ -344,7 +341,7 @@ impl Queue {
 
     /// Removes the given pending prompts; returns how many were pending.
     pub fn delete_pending(&self, ids: &[String]) -> usize {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         let before = s.pending.len();
         s.pending.retain(|p| !ids.contains(&p.prompt_id));
         s.pending_bytes = s.pending.iter().map(|p| p.bytes).sum();
@@ -361,7 +358,7 @@ impl Queue {
     /// Cancels the running prompt (only if it is `prompt_id`, when given). Returns whether
     /// a prompt was told to stop.
     pub fn interrupt(&self, prompt_id: Option<&str>) -> bool {
-        let s = self.lock();
+        let s = lock(&self.state);
         match &s.running {
             Some(r) if prompt_id.is_none_or(|id| id == r.item.prompt_id) => {
                 r.cancel.cancel();
@@ -373,7 +370,7 @@ impl Queue {
 
     /// Asks the worker to free memory before its next prompt.
     pub fn request_free(&self, unload_models: bool, free_memory: bool) {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         let (u, f) = s.free.unwrap_or((false, false));
         s.free = Some((u || unload_models, f || free_memory));
         drop(s);
@@ -382,12 +379,12 @@ impl Queue {
 
     /// Runs `f` on the history.
     pub fn with_history<R>(&self, f: impl FnOnce(&mut History) -> R) -> R {
-        f(&mut self.lock().history)
+        f(&mut lock(&self.state).history)
     }
 
     /// Stops the worker (cancelling the running prompt).
     pub fn stop(&self) {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         s.stop = true;
         if let Some(r) = &s.running {
             r.cancel.cancel();

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::hub::{text_frame, Hub};
 use super::queue::{Next, QueueItem};
-use super::Shared;
+use super::state::{Current, Shared};
 use crate::events::{CancelToken, Event, EventKind, EventSink};
 
 /// Runs until the queue is stopped.
@@ -46,7 +46,7 @@ struct PromptSink<'a> {
     /// Per-node state for ComfyUI's newer `progress_state` message.
     states: Mutex<Map<String, Json>>,
     /// Where the prompt is, for sockets that connect while it runs.
-    current: &'a Mutex<Option<super::Current>>,
+    current: &'a Mutex<Option<Current>>,
 }
 
 impl PromptSink<'_> {
@@ -75,7 +75,7 @@ impl EventSink for PromptSink<'_> {
         match &ev.kind {
             EventKind::Executing { node_id, .. } => {
                 if let Ok(mut c) = self.current.lock() {
-                    *c = Some(super::Current {
+                    *c = Some(Current {
                         client: self.client.map(str::to_string),
                         prompt_id: pid.to_string(),
                         node_id: node_id.clone(),
