@@ -2,7 +2,7 @@
 
 use odelt_contract::{
     ExecContext, Handle, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo, NodeOutput,
-    ValidationIssue, Validation,
+    Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::model::inspect_config;
 use odelt_nodes::pipeline::models_dir::{list_checkpoints, resolve_checkpoint};
@@ -106,8 +106,8 @@ impl Node for CheckpointLoader {
     fn run(inputs: &Inputs<'_>, ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError> {
         let opts = options(inputs)?;
         ctx.text(&format!("opening {}", opts.ckpt_name));
-        let ck = LoadedCheckpoint::open(&dir_or(ctx.models_dir, "models"), &opts)
-            .map_err(node_error)?;
+        let ck =
+            LoadedCheckpoint::open(&dir_or(ctx.models_dir, "models"), &opts).map_err(node_error)?;
         let handle = ModelHandle::new(ck, opts.precision);
         Ok(NodeOutput::new().with(Handle::new(MODEL, handle)))
     }

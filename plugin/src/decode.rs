@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use odelt_contract::{
     types::{IMAGE, LATENT},
-    ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo, NodeOutput,
-    ValidationIssue, Validation,
+    ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo, NodeOutput, Validation,
+    ValidationIssue,
 };
 use odelt_nodes::pipeline::image::pixels_to_image;
 use odelt_nodes::pipeline::{class, VaeHandle};
@@ -60,7 +60,10 @@ impl Node for Decode {
             return vec![];
         };
         if v.contains_key("vae") {
-            return match v.link("vae").and_then(|l| upstream::vae_channels(v.host, l)) {
+            return match v
+                .link("vae")
+                .and_then(|l| upstream::vae_channels(v.host, l))
+            {
                 Some((c, name)) if c != li.channels => vec![issue(
                     "vae",
                     format!(

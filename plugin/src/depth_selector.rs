@@ -2,7 +2,7 @@
 
 use odelt_contract::{
     ExecContext, Handle, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo, NodeOutput,
-    ValidationIssue, Validation,
+    Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::model::check_active_blocks;
 use odelt_nodes::pipeline::{class, ModelHandle};

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use odelt_contract::{
     types::LATENT, ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo,
-    NodeOutput, ValidationIssue, Validation,
+    NodeOutput, Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::class;
 use odelt_nodes::pipeline::latent_file::{

@@ -99,7 +99,8 @@ mod tests {
             ..odelt_contract::HostContext::detached()
         };
         let info = nodes().object_info_for(&host);
-        let ckpts = &info[odelt_nodes::pipeline::class::LOADER]["input"]["required"]["ckpt_name"][0];
+        let ckpts =
+            &info[odelt_nodes::pipeline::class::LOADER]["input"]["required"]["ckpt_name"][0];
         assert_eq!(ckpts, &serde_json::json!(["checkpoints/a.safetensors"]));
         std::fs::remove_dir_all(&dir).unwrap();
     }

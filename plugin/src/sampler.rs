@@ -2,7 +2,7 @@
 
 use odelt_contract::{
     types::LATENT, ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo,
-    NodeOutput, PreviewImage, ValidationIssue, Validation,
+    NodeOutput, PreviewImage, Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::sampler::{check_class_label, parse_class_labels, Progress};
 use odelt_nodes::pipeline::{class, run_sampler, ModelHandle, SamplerSettings};
@@ -169,7 +169,8 @@ impl Node for Sampler {
             .and_then(|l| upstream::latent(v.host, l))
         {
             let side = mi.config.input_size;
-            if li.channels != mi.config.in_channels || li.size.is_some_and(|sz| sz != (side, side)) {
+            if li.channels != mi.config.in_channels || li.size.is_some_and(|sz| sz != (side, side))
+            {
                 let size = li
                     .size
                     .map_or("size unknown".into(), |(h, w)| format!("{h}x{w}"));

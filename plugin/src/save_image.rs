@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use odelt_contract::{
     types::IMAGE, ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo,
-    NodeOutput, ValidationIssue, Validation,
+    NodeOutput, Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::class;
 use odelt_nodes::pipeline::png::{comfy_text_chunks, save_images, save_target_shape};
@@ -56,7 +56,13 @@ impl Node for SaveImage {
 
     fn run(inputs: &Inputs<'_>, ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError> {
         let prefix = filename_prefix(inputs)?;
-        save(inputs, ctx, Path::new(ctx.output_dir.as_str()), &prefix, "output")
+        save(
+            inputs,
+            ctx,
+            Path::new(ctx.output_dir.as_str()),
+            &prefix,
+            "output",
+        )
     }
 
     fn validate(v: &Validation<'_>) -> Vec<ValidationIssue> {
@@ -80,7 +86,13 @@ impl Node for PreviewImage {
 
     fn run(inputs: &Inputs<'_>, ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError> {
         let prefix = format!("odelt_temp_{}", random_suffix());
-        save(inputs, ctx, Path::new(ctx.temp_dir.as_str()), &prefix, "temp")
+        save(
+            inputs,
+            ctx,
+            Path::new(ctx.temp_dir.as_str()),
+            &prefix,
+            "temp",
+        )
     }
 }
 

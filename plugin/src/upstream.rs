@@ -9,11 +9,11 @@
 
 use odelt_contract::{linked_input, literal_values, HostContext, Inputs, LinkedInput};
 use odelt_nodes::config::DitConfig;
+use odelt_nodes::pipeline::class;
 use odelt_nodes::pipeline::latent_file::{latent_shape, resolve_latent_file};
 use odelt_nodes::pipeline::model::inspect_config;
 use odelt_nodes::pipeline::models_dir::resolve_vae;
 use odelt_nodes::pipeline::vae::vae_latent_channels;
-use odelt_nodes::pipeline::class;
 
 use crate::convert::dir_or;
 use crate::{checkpoint_loader, depth_selector, latent_files, vae_loader};

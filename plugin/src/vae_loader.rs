@@ -2,7 +2,7 @@
 
 use odelt_contract::{
     ExecContext, Handle, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo, NodeOutput,
-    ValidationIssue, Validation,
+    Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::models_dir::{list_vaes, resolve_vae};
 use odelt_nodes::pipeline::vae::vae_latent_channels;

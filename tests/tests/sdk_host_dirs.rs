@@ -40,7 +40,8 @@ fn plugins_loaded_for_another_directory_validate_and_run_against_the_executors()
     set.load_file(&plugin_path()).unwrap();
     let set = Arc::new(set);
     assert_eq!(set.host(), &HostDirs::default());
-    let loader = &set.object_info()["ODEtODElCheckpointLoader"]["input"]["required"]["ckpt_name"][0];
+    let loader =
+        &set.object_info()["ODEtODElCheckpointLoader"]["input"]["required"]["ckpt_name"][0];
     assert!(
         !loader.to_string().contains("golden-tiny"),
         "the default directory is not the fixture's: {loader}"
@@ -48,7 +49,8 @@ fn plugins_loaded_for_another_directory_validate_and_run_against_the_executors()
 
     let exec = executor_for(set.clone(), &f.models, "t_sdk_dirs");
     // The executor describes the plugins again for its own directory: the combo lists what is there...
-    let ckpts = exec.object_info()["ODEtODElCheckpointLoader"]["input"]["required"]["ckpt_name"][0].clone();
+    let ckpts =
+        exec.object_info()["ODEtODElCheckpointLoader"]["input"]["required"]["ckpt_name"][0].clone();
     assert!(
         ckpts.to_string().contains(names::FASHION),
         "combo of the executor's models dir: {ckpts}"

@@ -131,6 +131,7 @@
 pub mod context;
 pub mod descriptor;
 pub mod error;
+pub mod paths;
 pub mod plugin;
 pub mod root_module;
 pub mod value;

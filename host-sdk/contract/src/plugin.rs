@@ -641,7 +641,8 @@ extern "C" fn ffi_validate(
         let r = registry()?;
         let inputs: Map<String, Json> = serde_json::from_str(literal_inputs_json.as_str())
             .map_err(|e| NodeError::failed(format!("literal inputs are not a JSON object: {e}")))?;
-        r.validate(class_type.as_str(), &inputs, host).map(RVec::from)
+        r.validate(class_type.as_str(), &inputs, host)
+            .map(RVec::from)
     }))
 }
 

@@ -4,15 +4,19 @@
 //! `node_errors: {id: {errors: [{type, message, details, extra_info}], dependent_outputs,
 //! class_type}}`. Everything here is iterative, so long chains cannot overflow the stack.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use abi_stable::std_types::RString;
 use odelt_contract::{types, InputSpec, InputType, NodeInfo, Value};
 use serde_json::{json, Map, Value as Json};
 
 use crate::loader::PluginSet;
-use crate::prompt::{json_kind, InputValue, Prompt};
+use crate::prompt::{InputValue, Prompt};
+
+mod graph;
+mod literal;
+
+use graph::{kahn, peel_sinks, upstream};
+pub use literal::check_literal;
 
 /// A prompt refused by validation: ComfyUI's `{"error": ..., "node_errors": ...}`.
 #[derive(Clone, Debug, PartialEq)]
@@ -361,73 +365,6 @@ fn declared(info: &NodeInfo) -> impl Iterator<Item = (&str, &InputSpec, bool)> {
         .chain(info.input.optional.iter().map(|(n, s)| (n, s, false)))
 }
 
-/// Kahn's algorithm over the reachable nodes, ties broken by prompt order.
-fn kahn(deps: &[Vec<usize>], include: &[bool]) -> Vec<usize> {
-    let n = deps.len();
-    let mut indeg = vec![0usize; n];
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for i in 0..n {
-        if include[i] {
-            for &d in &deps[i] {
-                indeg[i] += 1;
-                users[d].push(i);
-            }
-        }
-    }
-    let mut q: VecDeque<usize> = (0..n).filter(|&i| include[i] && indeg[i] == 0).collect();
-    let mut order = Vec::new();
-    while let Some(i) = q.pop_front() {
-        order.push(i);
-        for &u in &users[i] {
-            indeg[u] -= 1;
-            if indeg[u] == 0 {
-                q.push_back(u);
-            }
-        }
-    }
-    order
-}
-
-/// Removes from `set` the nodes that only lead out of cycles: repeatedly drops nodes that
-/// no other node of the set uses. What stays is on a cycle (or between two).
-fn peel_sinks(deps: &[Vec<usize>], set: &mut [bool]) {
-    let n = deps.len();
-    let mut used_by = vec![0usize; n];
-    for i in (0..n).filter(|&i| set[i]) {
-        for &d in &deps[i] {
-            if set[d] {
-                used_by[d] += 1;
-            }
-        }
-    }
-    let mut q: Vec<usize> = (0..n).filter(|&i| set[i] && used_by[i] == 0).collect();
-    while let Some(i) = q.pop() {
-        set[i] = false;
-        for &d in &deps[i] {
-            if set[d] {
-                used_by[d] -= 1;
-                if used_by[d] == 0 {
-                    q.push(d);
-                }
-            }
-        }
-    }
-}
-
-/// `start` and everything it depends on.
-fn upstream(deps: &[Vec<usize>], start: usize) -> Vec<usize> {
-    let mut seen = vec![false; deps.len()];
-    let mut out = Vec::new();
-    let mut stack = vec![start];
-    while let Some(i) = stack.pop() {
-        if !std::mem::replace(&mut seen[i], true) {
-            out.push(i);
-            stack.extend(deps[i].iter().copied().filter(|&d| !seen[d]));
-        }
-    }
-    out
-}
-
 fn check_node(
     prompt: &Prompt,
     plugins: &PluginSet,
@@ -623,225 +560,6 @@ fn link_context(
     }
     o.insert("inputs".into(), Json::Object(inputs));
     Json::Object(o)
-}
-
-/// Checks and converts a literal for `spec`; the error is a ComfyUI error object.
-pub fn check_literal(name: &str, spec: &InputSpec, v: &Json) -> Result<(Value, Json), Json> {
-    let extra = |more: Json| {
-        let mut e =
-            json!({"input_name": name, "input_config": spec_json(spec), "received_value": v});
-        if let (Some(o), Json::Object(m)) = (e.as_object_mut(), more) {
-            o.extend(m);
-        }
-        e
-    };
-    match &spec.ty {
-        InputType::Combo(choices) => match v {
-            Json::String(s) if choices.contains(s) => {
-                Ok((Value::Str(RString::from(s.as_str())), v.clone()))
-            }
-            _ => {
-                let shown = if choices.len() > 20 {
-                    format!("(list of length {})", choices.len())
-                } else {
-                    format!("{choices:?}")
-                };
-                Err(err(
-                    "value_not_in_list",
-                    "Value not in list",
-                    format!("{name}: {v} not in {shown}"),
-                    extra(json!({})),
-                ))
-            }
-        },
-        InputType::Named(t) => {
-            let union: Vec<&str> = t.split(',').map(str::trim).collect();
-            if union.contains(&types::ANY) {
-                return Ok((Value::Json(RString::from(v.to_string())), v.clone()));
-            }
-            let widget: Vec<&str> = union
-                .iter()
-                .copied()
-                .filter(|u| {
-                    [
-                        types::INT,
-                        types::FLOAT,
-                        types::STRING,
-                        types::BOOLEAN,
-                        types::COMBO,
-                    ]
-                    .contains(u)
-                })
-                .collect();
-            if widget.is_empty() {
-                return Err(err(
-                    "invalid_input_type",
-                    format!("Input '{name}' of type {t} must be linked to a node output"),
-                    format!("{name}, {v}"),
-                    extra(json!({})),
-                ));
-            }
-            let mut last_err = None;
-            for w in widget {
-                match convert(name, w, spec, v) {
-                    Ok(r) => return Ok(r),
-                    Err(Some(range_err)) => return Err(extra_merge(range_err, extra(json!({})))),
-                    Err(None) => last_err = Some(w),
-                }
-            }
-            let w = last_err.unwrap_or(t);
-            Err(err(
-                "invalid_input_type",
-                format!("Failed to convert an input value to a {w} value"),
-                format!("{name}, {v}, got {}", json_kind(v)),
-                extra(json!({})),
-            ))
-        }
-    }
-}
-
-fn extra_merge(mut e: Json, extra: Json) -> Json {
-    e["extra_info"] = extra;
-    e
-}
-
-/// Converts `v` to widget type `w`. `Err(None)`: wrong type; `Err(Some(e))`: out of range.
-fn convert(name: &str, w: &str, spec: &InputSpec, v: &Json) -> Result<(Value, Json), Option<Json>> {
-    match w {
-        types::INT => {
-            let n = as_int(v).ok_or(None)?;
-            let min = spec.options.min.as_ref().and_then(bound);
-            let max = spec.options.max.as_ref().and_then(bound);
-            if let Some(m) = min {
-                if below(n, m) {
-                    return Err(Some(err(
-                        "value_smaller_than_min",
-                        format!("Value {n} smaller than min of {}", show(m)),
-                        name,
-                        json!({}),
-                    )));
-                }
-            }
-            // Without a declared max, INT is i64; a declared max may allow up to u64::MAX.
-            let max = max.unwrap_or(Bound::Int(i64::MAX as i128));
-            if above(n, max) {
-                return Err(Some(err(
-                    "value_bigger_than_max",
-                    format!("Value {n} bigger than max of {}", show(max)),
-                    name,
-                    json!({}),
-                )));
-            }
-            if n < i64::MIN as i128 {
-                return Err(Some(err(
-                    "value_smaller_than_min",
-                    format!("Value {n} smaller than min of {}", i64::MIN),
-                    name,
-                    json!({}),
-                )));
-            }
-            if n > u64::MAX as i128 {
-                return Err(Some(err(
-                    "value_bigger_than_max",
-                    format!("Value {n} bigger than max of {}", u64::MAX),
-                    name,
-                    json!({}),
-                )));
-            }
-            let (value, canon) = if n > i64::MAX as i128 {
-                (Value::Int(n as u64 as i64), json!(n as u64))
-            } else {
-                (Value::Int(n as i64), json!(n as i64))
-            };
-            Ok((value, canon))
-        }
-        types::FLOAT => {
-            let f = v.as_f64().ok_or(None)?;
-            if let Some(m) = spec.options.min.as_ref().and_then(Json::as_f64) {
-                if f < m {
-                    return Err(Some(err(
-                        "value_smaller_than_min",
-                        format!("Value {f} smaller than min of {m}"),
-                        name,
-                        json!({}),
-                    )));
-                }
-            }
-            if let Some(m) = spec.options.max.as_ref().and_then(Json::as_f64) {
-                if f > m {
-                    return Err(Some(err(
-                        "value_bigger_than_max",
-                        format!("Value {f} bigger than max of {m}"),
-                        name,
-                        json!({}),
-                    )));
-                }
-            }
-            Ok((Value::Float(f), json!(f)))
-        }
-        types::STRING | types::COMBO => match v {
-            Json::String(s) => Ok((Value::Str(RString::from(s.as_str())), v.clone())),
-            _ => Err(None),
-        },
-        types::BOOLEAN => match v {
-            Json::Bool(b) => Ok((Value::Bool(*b), v.clone())),
-            _ => Err(None),
-        },
-        _ => Err(None),
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Bound {
-    Int(i128),
-    Float(f64),
-}
-
-fn bound(v: &Json) -> Option<Bound> {
-    if let Some(i) = v.as_i64() {
-        Some(Bound::Int(i as i128))
-    } else if let Some(u) = v.as_u64() {
-        Some(Bound::Int(u as i128))
-    } else {
-        v.as_f64().map(Bound::Float)
-    }
-}
-
-fn below(n: i128, b: Bound) -> bool {
-    match b {
-        Bound::Int(m) => n < m,
-        Bound::Float(m) => (n as f64) < m,
-    }
-}
-
-fn above(n: i128, b: Bound) -> bool {
-    match b {
-        Bound::Int(m) => n > m,
-        Bound::Float(m) => (n as f64) > m,
-    }
-}
-
-fn show(b: Bound) -> String {
-    match b {
-        Bound::Int(i) => i.to_string(),
-        Bound::Float(f) => f.to_string(),
-    }
-}
-
-/// An integer from a JSON number: integers, or floats with no fractional part.
-fn as_int(v: &Json) -> Option<i128> {
-    if let Some(i) = v.as_i64() {
-        return Some(i as i128);
-    }
-    if let Some(u) = v.as_u64() {
-        return Some(u as i128);
-    }
-    let f = v.as_f64()?;
-    if f.fract() == 0.0 && f.abs() < 1.0e30 {
-        Some(f as i128)
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]
