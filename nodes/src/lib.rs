@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod sample;
 pub mod solver;
 pub mod train;
+pub mod util;
 pub mod vae;
 
 #[cfg(test)]

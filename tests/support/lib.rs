@@ -8,13 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use odelt_host::{
     CancelToken, Event, Executor, ExecutorConfig, PluginSet, RunError, RunOptions, RunOutcome,
     Workflow,
 };
 use odelt_nodes::checkpoint::safetensors_format;
-use odelt_nodes::params::param_specs;
 use odelt_nodes::DitConfig;
 use serde_json::Value as Json;
 
@@ -133,21 +132,9 @@ pub fn fashion_like_config() -> DitConfig {
     }
 }
 
-/// Deterministic, bounded parameters for `cfg` (`0.2·sin(0.1·k + 0.7·i)` for element k of parameter i).
+/// Deterministic, bounded parameters for `cfg` (`odelt_nodes::params::random_params`, seed 0).
 pub fn synthetic_params(cfg: &DitConfig) -> Vec<(String, Tensor)> {
-    param_specs(cfg, cfg.depth)
-        .into_iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let n: usize = spec.shape.iter().product();
-            let vals: Vec<f32> = (0..n)
-                .map(|k| (0.2 * (0.1 * k as f64 + 0.7 * i as f64).sin()) as f32)
-                .collect();
-            let t =
-                Tensor::from_vec(vals, spec.shape.as_slice(), &Device::Cpu).expect("param tensor");
-            (spec.name, t)
-        })
-        .collect()
+    odelt_nodes::params::random_params(cfg, 0).expect("random parameters")
 }
 
 /// The tiny VAE configuration used by the tests (2x upsampling, 4 latent channels).

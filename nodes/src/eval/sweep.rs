@@ -13,6 +13,7 @@ use super::sampling::{indexed_noise, sample, SampleSpec};
 use crate::data::ImageSet;
 use crate::error::Result;
 use crate::model::Dit;
+use crate::util::process_cpu_seconds;
 
 /// What to sweep.
 #[derive(Debug, Clone)]
@@ -115,27 +116,6 @@ pub fn evaluate_setting(
         cpu_ms: 1000.0 * cpu_s / opts.n as f64,
         block_evals: steps * cfg.resident_blocks(length),
     })
-}
-
-/// CPU time (user + system) used by this process so far, in seconds (Linux `/proc/self/stat`, 100 Hz ticks);
-/// NaN elsewhere.
-pub fn process_cpu_seconds() -> f64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
-        return f64::NAN;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the full line, i.e. 12 and 13 after the state field (index 0 here).
-    match (
-        f.get(11).and_then(|v| v.parse::<f64>().ok()),
-        f.get(12).and_then(|v| v.parse::<f64>().ok()),
-    ) {
-        (Some(u), Some(st)) => (u + st) / 100.0,
-        _ => f64::NAN,
-    }
 }
 
 /// The table as CSV: `latency_ms_per_image` is wall-clock, `cpu_ms_per_image` the process CPU time (the latency

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::layers::Dense;
 use crate::error::Result;
-use crate::params::Loader;
+use crate::params::{Loader, PatchEmbedParams, TableParams, TimestepEmbedderParams};
 
 /// Width of the sinusoidal timestep features fed to the timestep MLPs.
 pub const FREQ_EMBED_DIM: usize = 256;
@@ -19,17 +19,13 @@ pub struct PatchEmbed {
 }
 
 impl PatchEmbed {
-    pub fn load(l: &Loader, patch: usize, channels: usize, hidden: usize) -> Result<Self> {
+    pub fn load(l: &Loader, p: &PatchEmbedParams) -> Result<Self> {
         let kernel = l
-            .get(
-                "PatchEmbed_0/Conv_0/kernel",
-                &[patch, patch, channels, hidden],
-            )?
-            .reshape((patch * patch * channels, hidden))?;
-        let bias = l.get("PatchEmbed_0/Conv_0/bias", &[hidden])?;
+            .param(&p.kernel())?
+            .reshape((p.patch * p.patch * p.channels, p.hidden))?;
         Ok(PatchEmbed {
-            proj: Dense::new(kernel, bias),
-            patch,
+            proj: Dense::new(kernel, l.param(&p.bias())?),
+            patch: p.patch,
         })
     }
 
@@ -102,10 +98,10 @@ pub struct TimestepEmbedder {
 }
 
 impl TimestepEmbedder {
-    pub fn load(l: &Loader, name: &str, hidden: usize) -> Result<Self> {
+    pub fn load(l: &Loader, p: &TimestepEmbedderParams) -> Result<Self> {
         Ok(TimestepEmbedder {
-            dense0: Dense::load_f32(l, &format!("{name}/Dense_0"), FREQ_EMBED_DIM, hidden)?,
-            dense1: Dense::load_f32(l, &format!("{name}/Dense_1"), hidden, hidden)?,
+            dense0: Dense::load_f32(l, &p.dense0)?,
+            dense1: Dense::load_f32(l, &p.dense1)?,
         })
     }
 
@@ -124,10 +120,10 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn load(l: &Loader, name: &'static str, rows: usize, hidden: usize) -> Result<Self> {
+    pub fn load(l: &Loader, p: &TableParams) -> Result<Self> {
         Ok(Embedding {
-            table: l.get_f32(&format!("{name}/Embed_0/embedding"), &[rows, hidden])?,
-            name,
+            table: l.param_f32(&p.table())?,
+            name: p.module,
         })
     }
 

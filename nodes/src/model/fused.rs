@@ -15,20 +15,21 @@
 //! GELU, which uses the identity `0.5 x (1 + tanh u) = x / (1 + exp(-2u))` with a polynomial `exp` (relative error
 //! ~1e-7, vectorisable) instead of `tanhf`.
 //!
-//! The kernels only run when [`enabled`] says so (CPU, f32, not differentiating); every caller keeps the generic
-//! candle path for CUDA, half precision and training.
+//! [`super::fused_block`] computes the block and the final layer with them when [`applies`] (CPU, f32, not
+//! differentiating); CUDA, half precision and training use the reference ops of [`super::block`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp3, DType, InplaceOp1, Layout, Shape, Storage, StorageRef, Tensor,
+    bail, CpuStorage, CustomOp3, DType, Device, InplaceOp1, Layout, Shape, Storage, StorageRef,
+    Tensor,
 };
 use rayon::prelude::*;
 
 use super::layers::LN_EPS;
 
-/// Whether the fused CPU kernels apply to activations like `x`.
-pub fn enabled(x: &Tensor, differentiable: bool) -> bool {
-    !differentiable && x.device().is_cpu() && x.dtype() == DType::F32
+/// Whether the fused CPU kernels apply to a model on `device` computing in `dtype`.
+pub fn applies(device: &Device, dtype: DType, differentiable: bool) -> bool {
+    !differentiable && device.is_cpu() && dtype == DType::F32
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -560,9 +561,8 @@ mod tests {
 
     #[test]
     fn only_cpu_f32_inference_takes_the_fast_path() {
-        let x = rand(&[1, 2, 8], 10);
-        assert!(enabled(&x, false));
-        assert!(!enabled(&x, true));
-        assert!(!enabled(&x.to_dtype(DType::BF16).unwrap(), false));
+        assert!(applies(&Device::Cpu, DType::F32, false));
+        assert!(!applies(&Device::Cpu, DType::F32, true));
+        assert!(!applies(&Device::Cpu, DType::BF16, false));
     }
 }

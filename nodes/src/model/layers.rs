@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
-use crate::params::Loader;
+use crate::params::{DenseParams, Loader};
 
 /// LayerNorm epsilon of every official norm.
 pub const LN_EPS: f64 = 1e-6;
@@ -20,19 +20,19 @@ impl Dense {
         Dense { kernel, bias }
     }
 
-    /// Loads `{prefix}/kernel` `[in, out]` and `{prefix}/bias` `[out]` in the model dtype.
-    pub fn load(l: &Loader, prefix: &str, fan_in: usize, fan_out: usize) -> Result<Self> {
+    /// Loads the layer's kernel and bias in the model dtype.
+    pub fn load(l: &Loader, p: &DenseParams) -> Result<Self> {
         Ok(Dense {
-            kernel: l.get(&format!("{prefix}/kernel"), &[fan_in, fan_out])?,
-            bias: l.get(&format!("{prefix}/bias"), &[fan_out])?,
+            kernel: l.param(&p.kernel())?,
+            bias: l.param(&p.bias())?,
         })
     }
 
     /// Like [`Dense::load`] but always f32 (conditioning path, as in the official dtype flow).
-    pub fn load_f32(l: &Loader, prefix: &str, fan_in: usize, fan_out: usize) -> Result<Self> {
+    pub fn load_f32(l: &Loader, p: &DenseParams) -> Result<Self> {
         Ok(Dense {
-            kernel: l.get_f32(&format!("{prefix}/kernel"), &[fan_in, fan_out])?,
-            bias: l.get_f32(&format!("{prefix}/bias"), &[fan_out])?,
+            kernel: l.param_f32(&p.kernel())?,
+            bias: l.param_f32(&p.bias())?,
         })
     }
 

@@ -10,10 +10,14 @@
 //! A length embedding tells the network how many blocks `l` are active; at length `l` only the blocks that reach the
 //! output are loaded and computed (for DiT-XL, whose depth 28 is not a multiple of its group 8, that is up to the
 //! last group end below `l`, §1.8).
+//!
+//! Each block runs as [`block::DitBlock`] (candle ops as the paper writes them) or, chosen at load for CPU f32
+//! inference, as [`fused_block::FusedBlock`] (the same math with fused CPU kernels); likewise the final layer.
 
 pub mod block;
 pub mod embed;
 mod fused;
+pub mod fused_block;
 pub mod layers;
 pub mod profile;
 
@@ -21,9 +25,78 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::DitConfig;
 use crate::error::{Error, Result};
-use crate::params::{Loader, ParamSource};
+use crate::params::{DitParams, Loader, ParamSource};
 use block::{DitBlock, FinalLayer};
 use embed::{sincos_pos_embed, unpatchify, Embedding, PatchEmbed, TimestepEmbedder};
+use fused_block::{FusedBlock, FusedFinalLayer};
+use profile::timed;
+
+/// A DiT block as the forward computes it.
+#[derive(Debug, Clone)]
+enum Block {
+    /// Candle ops on any device and dtype, differentiable on request.
+    Reference(DitBlock),
+    /// The fused CPU kernels (CPU, f32, inference).
+    FusedCpu(FusedBlock),
+}
+
+impl Block {
+    fn new(block: DitBlock, fused: bool) -> Self {
+        if fused {
+            Block::FusedCpu(FusedBlock::new(block))
+        } else {
+            Block::Reference(block)
+        }
+    }
+
+    fn weights(&self) -> &DitBlock {
+        match self {
+            Block::Reference(b) => b,
+            Block::FusedCpu(b) => b.weights(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, c: &Tensor, differentiable: bool) -> Result<Tensor> {
+        match self {
+            Block::Reference(b) => timed("DiT block (reference ops)", || {
+                b.forward(x, c, differentiable)
+            }),
+            // Timed stage by stage inside.
+            Block::FusedCpu(b) => b.forward(x, c),
+        }
+    }
+}
+
+/// The final layer as the forward computes it (see [`Block`]).
+#[derive(Debug, Clone)]
+enum Head {
+    Reference(FinalLayer),
+    FusedCpu(FusedFinalLayer),
+}
+
+impl Head {
+    fn new(layer: FinalLayer, fused: bool) -> Self {
+        if fused {
+            Head::FusedCpu(FusedFinalLayer::new(layer))
+        } else {
+            Head::Reference(layer)
+        }
+    }
+
+    fn weights(&self) -> &FinalLayer {
+        match self {
+            Head::Reference(f) => f,
+            Head::FusedCpu(f) => f.weights(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, c: &Tensor, differentiable: bool) -> Result<Tensor> {
+        timed("final layer", || match self {
+            Head::Reference(f) => f.forward(x, c, differentiable),
+            Head::FusedCpu(f) => f.forward(x, c),
+        })
+    }
+}
 
 /// The ODE_t(ODE_l) DiT (or, without a length embedding, the conventional shortcut-models DiT).
 #[derive(Debug, Clone)]
@@ -35,8 +108,8 @@ pub struct Dit {
     dt_embed: TimestepEmbedder,
     label_embed: Embedding,
     length_embed: Option<Embedding>,
-    blocks: Vec<DitBlock>,
-    final_layer: FinalLayer,
+    blocks: Vec<Block>,
+    final_layer: Head,
     /// Active length l used by [`Dit::forward`].
     length: usize,
     /// Use primitive ops that candle can differentiate (training).
@@ -58,25 +131,26 @@ impl Dit {
         let max_length = max_length.unwrap_or(cfg.depth);
         cfg.check_length(max_length)?;
         let l = Loader::new(src, device, dtype);
-        let h = cfg.hidden_size;
-        let resident = cfg.resident_blocks(max_length);
-        let blocks = (0..resident)
-            .map(|i| DitBlock::load(&l, i, h, cfg.mlp_hidden, cfg.num_heads))
+        let p = DitParams::new(cfg, cfg.resident_blocks(max_length));
+        let fused = fused::applies(device, dtype, false);
+        let blocks = p
+            .blocks
+            .iter()
+            .map(|b| Ok(Block::new(DitBlock::load(&l, b, cfg.num_heads)?, fused)))
             .collect::<Result<Vec<_>>>()?;
-        let length_embed = if cfg.length_embedding {
-            Some(Embedding::load(&l, "BlockEmbedder_0", cfg.depth + 1, h)?)
-        } else {
-            None
+        let length_embed = match &p.length_embed {
+            Some(le) => Some(Embedding::load(&l, le)?),
+            None => None,
         };
         Ok(Dit {
-            patch_embed: PatchEmbed::load(&l, cfg.patch_size, cfg.in_channels, h)?,
-            pos_embed: sincos_pos_embed(h, cfg.grid(), device)?,
-            t_embed: TimestepEmbedder::load(&l, "TimestepEmbedder_0", h)?,
-            dt_embed: TimestepEmbedder::load(&l, "TimestepEmbedder_1", h)?,
-            label_embed: Embedding::load(&l, "LabelEmbedder_0", cfg.num_classes + 1, h)?,
+            patch_embed: PatchEmbed::load(&l, &p.patch_embed)?,
+            pos_embed: sincos_pos_embed(cfg.hidden_size, cfg.grid(), device)?,
+            t_embed: TimestepEmbedder::load(&l, &p.t_embed)?,
+            dt_embed: TimestepEmbedder::load(&l, &p.dt_embed)?,
+            label_embed: Embedding::load(&l, &p.label_embed)?,
             length_embed,
             blocks,
-            final_layer: FinalLayer::load(&l, h, cfg.patch_dim())?,
+            final_layer: Head::new(FinalLayer::load(&l, &p.final_layer)?, fused),
             length: max_length,
             differentiable: false,
             dtype,
@@ -137,6 +211,11 @@ impl Dit {
     /// Switches between the fast inference kernels and differentiable primitive ops (training).
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;
+        let fused = fused::applies(self.device(), self.dtype, on);
+        for b in &mut self.blocks {
+            *b = Block::new(b.weights().clone(), fused);
+        }
+        self.final_layer = Head::new(self.final_layer.weights().clone(), fused);
     }
 
     /// Tokens `[B, T, H]` (patch embedding plus positions) and the conditioning `c = te(t) + ye(y) + dte(dt_base)`.
@@ -177,9 +256,9 @@ impl Dit {
     /// `x`: NHWC `[B, S, S, C]`; `dt_base`: `[B]` step code log2(T) (as float); `y`: `[B]` class ids
     /// (`num_classes` = null). Returns NHWC velocity, same shape as `x`, in f32.
     pub fn forward(&self, t: &Tensor, x: &Tensor, dt_base: &Tensor, y: &Tensor) -> Result<Tensor> {
-        let mut laps = profile::Laps::start();
-        let (tok, c) = self.embed(t, x, dt_base, y)?;
-        laps.lap("embed: patch + positions + t/dt/label");
+        let (tok, c) = timed("embed: patch + positions + t/dt/label", || {
+            self.embed(t, x, dt_base, y)
+        })?;
         let b = tok.dim(0)?;
         let h = if let Some(le) = &self.length_embed {
             let ids = Tensor::full(self.length as u32, b, tok.device())?;
@@ -246,32 +325,26 @@ impl Dit {
         let Some(last) = self.cfg.last_effective_block(longest) else {
             return Ok(None);
         };
-        let b = tok.dim(0)?;
         let mut xr = tok.clone();
         let mut vr: Option<Tensor> = None;
-        for i in 0..=last {
-            let vb = self.blocks[i].forward(&xr, cb, self.differentiable)?;
-            let mut laps = profile::Laps::start();
-            if i % g == g - 1 {
+        for (i, blk) in self.blocks[..=last].iter().enumerate() {
+            let vb = blk.forward(&xr, cb, self.differentiable)?;
+            if i % g != g - 1 {
+                xr = vb;
+                continue;
+            }
+            // Group end: one Euler step, for the samples whose length reaches it.
+            (xr, vr) = timed("ODE_l group-end adds", || -> Result<_> {
                 let step = match lengths {
                     None => vb,
-                    Some(ls) => {
-                        let mask: Vec<f32> =
-                            ls.iter().map(|&l| f32::from(u8::from(i < l))).collect();
-                        let mask = Tensor::from_vec(mask, (b, 1, 1), tok.device())?
-                            .to_dtype(vb.dtype())?;
-                        vb.broadcast_mul(&mask)?
-                    }
+                    Some(ls) => active_only(vb, ls, i)?,
                 };
-                xr = (&xr + &step)?;
-                vr = Some(match vr {
-                    None => step,
-                    Some(v) => (v + step)?,
-                });
-            } else {
-                xr = vb;
-            }
-            laps.lap("ODE_l group-end adds");
+                let v = match vr.take() {
+                    None => step.clone(),
+                    Some(v) => (v + &step)?,
+                };
+                Ok(((&xr + &step)?, Some(v)))
+            })?;
         }
         Ok(vr)
     }
@@ -288,4 +361,14 @@ impl Dit {
         let out = self.final_layer.forward(&h, c, self.differentiable)?;
         Ok(unpatchify(&out, self.cfg.patch_size, self.cfg.in_channels)?.to_dtype(DType::F32)?)
     }
+}
+
+/// `v` (`[B, T, H]`) with the samples whose length ends before block `i` zeroed.
+fn active_only(v: Tensor, lengths: &[usize], i: usize) -> Result<Tensor> {
+    let mask: Vec<f32> = lengths
+        .iter()
+        .map(|&l| f32::from(u8::from(i < l)))
+        .collect();
+    let mask = Tensor::from_vec(mask, (lengths.len(), 1, 1), v.device())?.to_dtype(v.dtype())?;
+    Ok(v.broadcast_mul(&mask)?)
 }

@@ -1,7 +1,8 @@
 //! Opt-in per-stage wall-clock timing of the forward (used by `odelt-bench --profile`).
 //!
 //! Off by default, when each stage boundary costs one relaxed atomic load. When on, every stage of the forward
-//! adds its elapsed time to a per-thread table that [`take`] drains. On the CPU candle ops are synchronous, so the
+//! (the steps of the fused block, each reference block as a whole, the embedding, the ODE_l updates, the final
+//! layer) adds its elapsed time to a per-thread table that [`take`] drains. On the CPU candle ops are synchronous, so the
 //! times are per op; on an asynchronous device (CUDA) they only measure kernel launches.
 
 use std::cell::RefCell;
@@ -66,6 +67,15 @@ impl Laps {
     }
 }
 
+/// Runs `f` as one stage named `name`.
+#[inline]
+pub(crate) fn timed<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    let mut laps = Laps::start();
+    let out = f();
+    laps.lap(name);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,11 +92,12 @@ mod tests {
         l.lap("a");
         l.lap("b");
         l.lap("a");
+        assert_eq!(timed("c", || 7), 7);
         set_enabled(false);
         let t = take();
         assert_eq!(
             t.iter().map(|s| (s.name, s.calls)).collect::<Vec<_>>(),
-            [("a", 2), ("b", 1)]
+            [("a", 2), ("b", 1), ("c", 1)]
         );
         assert!(take().is_empty());
     }

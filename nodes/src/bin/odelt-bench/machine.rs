@@ -1,0 +1,109 @@
+//! The machine: its description, the process's CPU share, and the reference matmul the forward is compared with.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use odelt_nodes::util::XorShift;
+
+use crate::model;
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// CPU seconds over (wall seconds x cores); NaN when the wall time is too short for the 10 ms tick of
+/// /proc/self/stat.
+pub fn cpu_share(cpu_s: f64, wall_s: f64, cores: usize) -> f64 {
+    if wall_s < 1.0 {
+        f64::NAN
+    } else {
+        cpu_s / (wall_s * cores.max(1) as f64)
+    }
+}
+
+/// The reference: a square f32 matmul on random inputs, timed in bursts of back-to-back products lasting at least
+/// [`RefMatmul::BURST_S`], so that on a shared machine its samples see the same kind of preemption as the
+/// seconds-long forwards (a single 40 ms product often fits between two preemptions and flatters the reference).
+pub struct RefMatmul {
+    a: Tensor,
+    b: Tensor,
+    device: Device,
+    /// Products per timed burst.
+    pub per_burst: usize,
+}
+
+impl RefMatmul {
+    const BURST_S: f64 = 0.25;
+
+    pub fn new(n: usize, device: &Device) -> Result<Self> {
+        let mut rng = XorShift::new(11);
+        let a: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
+        let b: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
+        let mut r = RefMatmul {
+            a: Tensor::from_vec(a, (n, n), device)?,
+            b: Tensor::from_vec(b, (n, n), device)?,
+            device: device.clone(),
+            per_burst: 1,
+        };
+        // Warm-up, then size the bursts from the fastest of a few single products.
+        let single = r.time(3)?.into_iter().fold(f64::INFINITY, f64::min);
+        r.per_burst = ((Self::BURST_S / single.max(1e-6)).ceil() as usize).clamp(1, 1000);
+        Ok(r)
+    }
+
+    /// Seconds per product, one value per burst, for `bursts` bursts.
+    pub fn time(&self, bursts: usize) -> Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(bursts);
+        for _ in 0..bursts {
+            let t0 = Instant::now();
+            for _ in 0..self.per_burst {
+                let c = self.a.matmul(&self.b)?;
+                model::sync(&self.device)?;
+                drop(c);
+            }
+            times.push(t0.elapsed().as_secs_f64() / self.per_burst as f64);
+        }
+        Ok(times)
+    }
+}
+
+/// Median (mean of the middle two for an even count); NaN for none.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
