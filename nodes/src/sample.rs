@@ -1,12 +1,25 @@
-//! Sampling in one call: seeded noise, labels, img2img starts, and [`sample`] (guided model + ODE_t solver),
-//! used by the plugin's sampler node and by the trainer's evaluation.
+//! Sampling in one call: seeded noise, labels, img2img starts, [`sample_seeded`] (the one seeded sampling path) and
+//! [`sample`] (guided model + ODE_t solver from a given start).
 //!
-//! ## Noise seeds
-//! [`noise`] gives every sample of the batch its own ChaCha8 stream: sample `i` of a batch with seed `s` is
-//! `ChaCha8Rng::seed_from_u64(s)` on stream `i`, drawn as standard normals in row-major order of the sample.
-//! So sample `i` does not depend on the batch size (a batch of 8 starts with the 4 samples of a batch of 4
-//! with the same seed; sample 0 is what a batch of 1 gives), and seeds `s` and `s + 1` share no samples (an
-//! "increment" seed widget after a batch of 4 does not repeat 3 of its images, as `seed + i` per sample would).
+//! [`sample_seeded`] is what every sampler in the project calls: the plugin's sampler node
+//! ([`crate::pipeline::run_sampler`]), `odelt-model grid` and the evaluation sweep ([`crate::eval::sweep`]). So the
+//! same model, seed, labels, steps and length give the same samples through each of them.
+//!
+//! ## Noise seeds (the seed contract)
+//! Sample `i` of a batch with seed `s` starts from noise stream `i` of seed `s`: `ChaCha8Rng::seed_from_u64(s)`
+//! on stream `i`, drawn as standard normals in row-major order of the sample's NHWC `[S, S, C]` values
+//! ([`noise`], [`noise_from`]). Consequences:
+//! - sample `i` does not depend on the batch size (a batch of 8 starts with the 4 samples of a batch of 4 with
+//!   the same seed; sample 0 is what a batch of 1 gives), nor on how a large set is cut into batches (a chunk
+//!   starting at sample `k` draws streams `k, k+1, …`: [`SeededBatch::first`]);
+//! - the noise does not depend on the active length `l`, the solver, the steps or the guidance, so one seed
+//!   compares lengths and step counts from the same start;
+//! - seeds `s` and `s + 1` share no samples (an "increment" seed widget after a batch of 4 does not repeat 3 of
+//!   its images, as `seed + i` per sample would).
+//!
+//! Saved workflows depend on this: changing it changes every seeded image.
+
+use std::cell::RefCell;
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -15,11 +28,17 @@ use rand_distr::StandardNormal;
 
 use crate::error::{Error, Result};
 use crate::model::Dit;
-use crate::solver::{solve, EvalHook, Guided, SolveStats, Solver};
+use crate::solver::{solve, EvalEvent, EvalHook, Guided, SolveStats, Solver, VelocityField};
 
-/// Deterministic N(0, 1) f32 noise of `shape` (dim 0 = batch; see the module docs for the per-sample streams).
-/// For the model use its NHWC layout `[B, S, S, C]`.
+/// Deterministic N(0, 1) f32 noise of `shape` (dim 0 = batch): sample `i` is noise stream `i` of `seed` (see
+/// the module docs). For the model use its NHWC layout `[B, S, S, C]`. Same as [`noise_from`] with `first = 0`.
 pub fn noise(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    noise_from(shape, seed, 0, device)
+}
+
+/// [`noise`] for samples `first..first + B` of a larger set: sample `j` of the tensor is noise stream
+/// `first + j` of `seed`, exactly the noise that sample has in one batch of the whole set.
+pub fn noise_from(shape: &[usize], seed: u64, first: u64, device: &Device) -> Result<Tensor> {
     let Some((&b, rest)) = shape.split_first() else {
         return Err(Error::invalid(
             "noise needs a shape with a batch dimension, got []",
@@ -27,9 +46,9 @@ pub fn noise(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
     };
     let per: usize = rest.iter().product();
     let mut vals = Vec::with_capacity(b * per);
-    for i in 0..b {
+    for i in 0..b as u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(i as u64);
+        rng.set_stream(first + i);
         vals.extend((0..per).map(|_| rng.sample::<f32, _>(StandardNormal)));
     }
     Ok(Tensor::from_vec(vals, shape, device)?)
@@ -91,9 +110,165 @@ impl SampleOptions {
     }
 }
 
+/// Where a seeded batch starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// Pure seeded noise at t = 0 (`opts.t_start` must be 0): what `odelt-model grid`, the evaluation and the
+    /// sampler node at `denoise = 1` start from.
+    Noise,
+    /// img2img: `(1 - t)·noise + t·x1` at `t = opts.t_start` ([`noised_start`]) with the batch's seeded noise;
+    /// `x1` is the NHWC `[B, S, S, C]` model-space image latent. At `t_start = 0` this is exactly [`Start::Noise`]
+    /// (for any finite `x1`).
+    Noised(&'a Tensor),
+    /// `x` (NHWC `[B, S, S, C]`) itself at `t = opts.t_start`: no noise is drawn and the seed is unused.
+    Given(&'a Tensor),
+}
+
+/// One seeded batch: what [`sample_seeded`] samples.
+#[derive(Debug, Clone, Copy)]
+pub struct SeededBatch<'a> {
+    /// The noise seed (see the module docs for the contract).
+    pub seed: u64,
+    /// Index of the batch's first sample in the set it belongs to, i.e. its noise stream: 0 for a batch on its
+    /// own (the sampler node, the grid); `k` for the chunk of a larger set that starts at sample `k` (the
+    /// evaluation cuts its N samples into batches), so cutting a set into batches changes no sample.
+    pub first: u64,
+    /// `[B]` class ids on the model's device, `num_classes` for unconditional samples ([`labels`] maps `-1`).
+    /// Their number is the batch size.
+    pub labels: &'a Tensor,
+    pub start: Start<'a>,
+    /// Solver, guidance scale and start time.
+    pub opts: SampleOptions,
+    /// Force this step code `dt_base` at every evaluation (for models trained without the time-consistency term,
+    /// which know only their finest code); `None`: the solver's code (see [`crate::solver`]).
+    pub step_code: Option<f64>,
+}
+
+impl<'a> SeededBatch<'a> {
+    /// A batch on its own (`first = 0`) from pure noise, with the solver's step codes.
+    pub fn new(seed: u64, labels: &'a Tensor, opts: SampleOptions) -> Self {
+        SeededBatch {
+            seed,
+            first: 0,
+            labels,
+            start: Start::Noise,
+            opts,
+            step_code: None,
+        }
+    }
+}
+
+/// What a [`SampleHook`] sees after every velocity evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleEvent<'a> {
+    /// The solver's report: evaluations done and expected, the time and the state.
+    pub eval: &'a EvalEvent<'a>,
+    /// The velocity evaluated last (the evaluation this event reports).
+    pub velocity: Option<&'a Tensor>,
+}
+
+impl SampleEvent<'_> {
+    /// The data (t = 1) prediction `x + (1 - t)·v` from the state and the last velocity (the state itself when
+    /// there is none of its shape); e.g. for a preview.
+    pub fn prediction(&self) -> Result<Tensor> {
+        let e = self.eval;
+        Ok(match self.velocity {
+            Some(v) if v.dims() == e.x.dims() => (e.x + v.affine(1.0 - e.t, 0.0)?)?,
+            _ => e.x.clone(),
+        })
+    }
+}
+
+/// Called after every velocity evaluation of [`sample_seeded`] (progress, previews, cancellation); returning an
+/// error (normally [`Error::Cancelled`]) stops the solve at once and the sampler returns that error.
+pub trait SampleHook {
+    fn on_eval(&mut self, e: &SampleEvent<'_>) -> Result<()>;
+}
+
+/// No hook.
+impl SampleHook for () {
+    fn on_eval(&mut self, _e: &SampleEvent<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A closure as a hook.
+impl<F: FnMut(&SampleEvent<'_>) -> Result<()>> SampleHook for F {
+    fn on_eval(&mut self, e: &SampleEvent<'_>) -> Result<()> {
+        self(e)
+    }
+}
+
+/// Samples one seeded batch with `model` at its active length (set with [`Dit::with_length`]): the start
+/// (noise stream `batch.first + i` of `batch.seed` for sample `i`, see the module docs), then the guided model
+/// integrated by `batch.opts.solver` from `batch.opts.t_start` to t = 1. Returns the NHWC `[B, S, S, C]` f32
+/// model-space latent and the solver's costs.
+///
+/// **Seed contract**: sample `i` of a batch with seed `s` starts from noise stream `i` of seed `s` (stream
+/// `first + i` for a chunk of a larger set), so its noise depends neither on the batch size nor on the active
+/// length `l`. The same model, seed, labels, solver settings and length give the same batch, bit for bit, wherever
+/// it is drawn: the sampler node, `odelt-model grid`, the evaluation (tested in `pipeline::sampler` and
+/// `tests/tests/seed_contract.rs`).
+pub fn sample_seeded(
+    model: &Dit,
+    batch: &SeededBatch<'_>,
+    hook: &mut dyn SampleHook,
+) -> Result<(Tensor, SolveStats)> {
+    let cfg = model.config();
+    let b = match batch.labels.dims() {
+        [b] => *b,
+        d => {
+            return Err(Error::invalid(format!(
+                "labels must have shape [B] (one class id per sample), got {d:?}"
+            )))
+        }
+    };
+    let shape = [b, cfg.input_size, cfg.input_size, cfg.in_channels];
+    let check = |x: &Tensor| -> Result<()> {
+        if x.dims() == shape {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "the start latent has shape {:?} but {b} labels at the model's size need {shape:?} (NHWC)",
+                x.dims()
+            )))
+        }
+    };
+    let t_start = batch.opts.t_start;
+    let x_start = match batch.start {
+        Start::Noise => {
+            if t_start != 0.0 {
+                return Err(Error::invalid(format!(
+                    "a start from pure noise is at t = 0, got t_start {t_start} (give the image latent to start \
+                     later)"
+                )));
+            }
+            noise_from(&shape, batch.seed, batch.first, model.device())?
+        }
+        Start::Noised(x1) => {
+            check(x1)?;
+            let z = noise_from(&shape, batch.seed, batch.first, model.device())?;
+            noised_start(x1, &z, t_start)?
+        }
+        Start::Given(x) => {
+            check(x)?;
+            x.clone()
+        }
+    };
+    integrate(
+        model,
+        &x_start,
+        batch.labels,
+        &batch.opts,
+        batch.step_code,
+        hook,
+    )
+}
+
 /// Integrates the guided model at its active length (set with [`Dit::with_length`]) from `x_start` (NHWC f32
 /// at time `opts.t_start`) to t = 1 and returns the NHWC latent and the solver's costs. `labels`: `[B]` class
-/// ids with `num_classes` for unconditional samples ([`labels`] maps `-1`).
+/// ids with `num_classes` for unconditional samples ([`labels`] maps `-1`). Draws no noise: seeded sampling is
+/// [`sample_seeded`], which integrates through the same code.
 pub fn sample(
     model: &Dit,
     x_start: &Tensor,
@@ -101,9 +276,66 @@ pub fn sample(
     opts: &SampleOptions,
     hook: &mut dyn EvalHook,
 ) -> Result<(Tensor, SolveStats)> {
-    let mut field = Guided::new(model, labels, opts.cfg)?;
+    let mut relay = |e: &SampleEvent<'_>| hook.on_eval(e.eval);
+    integrate(model, x_start, labels, opts, None, &mut relay)
+}
+
+/// The guided model as a velocity field, optionally at a fixed step code, remembering its last velocity.
+struct Field<'a, 'm> {
+    guided: Guided<'m>,
+    step_code: Option<f64>,
+    last_v: &'a RefCell<Option<Tensor>>,
+}
+
+impl VelocityField for Field<'_, '_> {
+    fn velocity(&mut self, t: f64, x: &Tensor, dt_base: f64) -> Result<Tensor> {
+        let v = self
+            .guided
+            .velocity(t, x, self.step_code.unwrap_or(dt_base))?;
+        *self.last_v.borrow_mut() = Some(v.clone());
+        Ok(v)
+    }
+}
+
+/// Hands the solver's events and the last velocity to a [`SampleHook`].
+struct Relay<'a, 'h> {
+    hook: &'h mut dyn SampleHook,
+    last_v: &'a RefCell<Option<Tensor>>,
+}
+
+impl EvalHook for Relay<'_, '_> {
+    fn on_eval(&mut self, e: &EvalEvent) -> Result<()> {
+        let v = self.last_v.borrow().clone();
+        self.hook.on_eval(&SampleEvent {
+            eval: e,
+            velocity: v.as_ref(),
+        })
+    }
+}
+
+fn integrate(
+    model: &Dit,
+    x_start: &Tensor,
+    labels: &Tensor,
+    opts: &SampleOptions,
+    step_code: Option<f64>,
+    hook: &mut dyn SampleHook,
+) -> Result<(Tensor, SolveStats)> {
+    if let Some(d) = step_code.filter(|d| !d.is_finite()) {
+        return Err(Error::invalid(format!("step code must be finite, got {d}")));
+    }
+    let last_v = RefCell::new(None);
+    let mut field = Field {
+        guided: Guided::new(model, labels, opts.cfg)?,
+        step_code,
+        last_v: &last_v,
+    };
+    let mut relay = Relay {
+        hook,
+        last_v: &last_v,
+    };
     let x = x_start.to_dtype(DType::F32)?;
-    solve(&mut field, &x, opts.t_start, &opts.solver, hook)
+    solve(&mut field, &x, opts.t_start, &opts.solver, &mut relay)
 }
 
 #[cfg(test)]
@@ -137,6 +369,156 @@ mod tests {
             "{mean} {var}"
         );
         assert!(noise(&[], 1, &dev).is_err());
+    }
+
+    #[test]
+    fn noise_of_a_chunk_is_that_part_of_the_whole_batch() {
+        let dev = Device::Cpu;
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let whole = noise(&[5, 2, 2, 1], 9, &dev).unwrap();
+        let chunk = noise_from(&[3, 2, 2, 1], 9, 2, &dev).unwrap();
+        assert_eq!(v(&whole.narrow(0, 2, 3).unwrap()), v(&chunk));
+        assert_eq!(
+            v(&noise_from(&[5, 2, 2, 1], 9, 0, &dev).unwrap()),
+            v(&whole)
+        );
+    }
+
+    fn tiny_model() -> Dit {
+        let cfg = crate::DitConfig {
+            input_size: 4,
+            in_channels: 1,
+            patch_size: 2,
+            hidden_size: 8,
+            depth: 4,
+            num_heads: 2,
+            mlp_hidden: 16,
+            num_classes: 3,
+            depth_group: 2,
+            depth_min: 2,
+            length_embedding: true,
+            latent_scale: 1.0,
+        };
+        let params = crate::params::param_specs(&cfg, cfg.depth)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n: usize = s.shape.iter().product();
+                let v: Vec<f32> = (0..n)
+                    .map(|k| 0.2 * ((k + 5 * i) as f32 * 0.61).sin())
+                    .collect();
+                let t = Tensor::from_vec(v, s.shape.as_slice(), &Device::Cpu).unwrap();
+                (s.name, t)
+            })
+            .collect();
+        let params = crate::params::TensorMap(params);
+        Dit::load(&cfg, &params, &Device::Cpu, DType::F32, None).unwrap()
+    }
+
+    #[test]
+    fn every_start_of_the_seeded_path_agrees() {
+        let m = tiny_model().with_length(2).unwrap();
+        let dev = Device::Cpu;
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let y = Tensor::new(&[0u32, 2, 3], &dev).unwrap();
+        let opts = SampleOptions {
+            cfg: 1.5,
+            ..SampleOptions::new(Solver::Euler { steps: 3 })
+        };
+        let base = SeededBatch::new(5, &y, opts);
+        let (from_noise, st) = sample_seeded(&m, &base, &mut ()).unwrap();
+        assert_eq!(st.nfe, 3);
+        assert_eq!(from_noise.dims(), &[3, 4, 4, 1]);
+        // Noise mixed into any image at t = 0, or given as the start, is the same start.
+        let z = noise(&[3, 4, 4, 1], 5, &dev).unwrap();
+        let img = Tensor::ones((3, 4, 4, 1), DType::F32, &dev).unwrap();
+        for start in [Start::Noised(&img), Start::Given(&z)] {
+            let b = SeededBatch { start, ..base };
+            assert_eq!(
+                bits(&sample_seeded(&m, &b, &mut ()).unwrap().0),
+                bits(&from_noise)
+            );
+        }
+        // `sample` from that noise integrates the same way.
+        assert_eq!(
+            bits(&sample(&m, &z, &y, &opts, &mut ()).unwrap().0),
+            bits(&from_noise)
+        );
+        // A chunk of a larger set: sample 1 of the set is sample 0 of the chunk starting there.
+        let y1 = y.narrow(0, 1, 2).unwrap();
+        let chunk = SeededBatch {
+            first: 1,
+            labels: &y1,
+            ..base
+        };
+        let (c, _) = sample_seeded(&m, &chunk, &mut ()).unwrap();
+        let whole = from_noise.narrow(0, 1, 2).unwrap();
+        let diff = (c - &whole).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        // A fixed step code reaches the model at every evaluation.
+        let fixed = SeededBatch {
+            step_code: Some(0.0),
+            ..base
+        };
+        let (xf, _) = sample_seeded(&m, &fixed, &mut ()).unwrap();
+        let mut g = Guided::new(&m, &y, 1.5).unwrap();
+        let mut field = |t: f64, x: &Tensor, _d: f64| g.velocity(t, x, 0.0);
+        let (want, _) = solve(&mut field, &z, 0.0, &opts.solver, &mut ()).unwrap();
+        assert_eq!(bits(&xf), bits(&want));
+        assert_ne!(bits(&xf), bits(&from_noise));
+        // Errors: pure noise after t = 0, a start of the wrong shape, a non-finite step code.
+        let late = SeededBatch {
+            opts: SampleOptions {
+                t_start: 0.5,
+                ..opts
+            },
+            ..base
+        };
+        assert!(sample_seeded(&m, &late, &mut ()).is_err());
+        let wrong = Tensor::zeros((2, 4, 4, 1), DType::F32, &dev).unwrap();
+        let b = SeededBatch {
+            start: Start::Noised(&wrong),
+            ..base
+        };
+        assert!(sample_seeded(&m, &b, &mut ()).is_err());
+        let b = SeededBatch {
+            step_code: Some(f64::NAN),
+            ..base
+        };
+        assert!(sample_seeded(&m, &b, &mut ()).is_err());
+    }
+
+    #[test]
+    fn the_hook_sees_each_velocity_and_can_cancel() {
+        let m = tiny_model();
+        let y = Tensor::new(&[1u32], &Device::Cpu).unwrap();
+        let base = SeededBatch::new(3, &y, SampleOptions::new(Solver::Euler { steps: 4 }));
+        let mut seen = Vec::new();
+        let mut hook = |e: &SampleEvent<'_>| {
+            let v = e.velocity.expect("a velocity after every evaluation");
+            let p = e.prediction()?;
+            // x + (1 - t) v
+            let want = (e.eval.x + v.affine(1.0 - e.eval.t, 0.0)?)?;
+            assert_eq!(
+                p.flatten_all()?.to_vec1::<f32>()?,
+                want.flatten_all()?.to_vec1::<f32>()?
+            );
+            seen.push(e.eval.nfe);
+            Ok(())
+        };
+        sample_seeded(&m, &base, &mut hook).unwrap();
+        assert_eq!(seen, vec![1, 2, 3, 4]);
+        let mut calls = 0;
+        let mut cancel = |_: &SampleEvent<'_>| {
+            calls += 1;
+            Err(Error::Cancelled)
+        };
+        let e = sample_seeded(&m, &base, &mut cancel).unwrap_err();
+        assert!(matches!(e, Error::Cancelled), "{e}");
+        assert_eq!(calls, 1);
     }
 
     #[test]

@@ -1,8 +1,41 @@
-//! A labelled grid of class-conditional samples: one column per class, its name written above it.
+//! A labelled grid of class-conditional samples: one column per class, its name written above it; and the samples
+//! of `odelt-model grid` ([`grid_samples`]).
+
+use candle_core::Tensor;
 
 use super::font::{text_width, GLYPH_H};
 use super::plot::{Canvas, BLACK, WHITE};
 use crate::error::{Error, Result};
+use crate::model::Dit;
+use crate::sample::{sample_seeded, SampleOptions, SeededBatch, Start};
+
+/// The samples of a grid of `rows` x `num_classes`: sample `i` has class `i % num_classes` and noise stream `i`
+/// of `seed` (one batch through [`sample_seeded`]), so the first row is what the sampler node gives for a batch
+/// of `num_classes` with `class_labels` `0,1,…` and the same seed, solver, guidance and length. `step_code`: see
+/// [`SeededBatch::step_code`]. Returns the NHWC `[rows·num_classes, S, S, C]` model-space latent.
+pub fn grid_samples(
+    model: &Dit,
+    rows: usize,
+    seed: u64,
+    opts: SampleOptions,
+    step_code: Option<f64>,
+) -> Result<Tensor> {
+    if rows == 0 {
+        return Err(Error::invalid("a grid needs at least 1 row"));
+    }
+    let k = model.config().num_classes;
+    let labels: Vec<u32> = (0..rows * k).map(|i| (i % k) as u32).collect();
+    let y = Tensor::from_vec(labels, rows * k, model.device())?;
+    let batch = SeededBatch {
+        seed,
+        first: 0,
+        labels: &y,
+        start: Start::Noise,
+        opts,
+        step_code,
+    };
+    Ok(sample_seeded(model, &batch, &mut ())?.0)
+}
 
 /// Lays out `images` (row-major over rows x classes, each `size x size` grey in \[-1, 1\]) under `class_names`.
 pub fn labelled_grid(

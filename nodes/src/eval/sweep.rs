@@ -4,15 +4,16 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use super::classifier::{Classifier, FEATURE_DIM};
 use super::frechet::{frechet_distance, Gaussian};
 use super::plot::{LinePlot, Series};
-use super::sampling::{indexed_noise, sample, SampleSpec};
 use crate::data::ImageSet;
 use crate::error::Result;
 use crate::model::Dit;
+use crate::sample::{sample_seeded, SampleOptions, SeededBatch, Start};
+use crate::solver::Solver;
 use crate::util::process_cpu_seconds;
 
 /// What to sweep.
@@ -25,7 +26,9 @@ pub struct SweepOptions {
     /// Images per sampling batch.
     pub batch: usize,
     pub guidance: f64,
+    /// Noise seed (sample `i` uses noise stream `i`, see [`crate::sample`]).
     pub seed: u64,
+    /// Step code forced at every T ([`SeededBatch::step_code`]).
     pub fixed_dt_base: Option<f64>,
 }
 
@@ -69,7 +72,64 @@ pub fn balanced_labels(n: usize, classes: usize) -> Vec<u32> {
     (0..n).map(|i| (i % classes) as u32).collect()
 }
 
-/// Samples `opts.n` images at (l, T) and scores them.
+/// The samples of one (l, T) setting and the time spent drawing them.
+#[derive(Debug, Clone)]
+pub struct SettingSamples {
+    /// The `[N, S, S, C]` NHWC model-space samples, flattened.
+    pub pixels: Vec<f32>,
+    /// Their labels `i % classes`.
+    pub labels: Vec<u32>,
+    /// Wall-clock seconds of sampling.
+    pub wall_s: f64,
+    /// Process CPU seconds of sampling.
+    pub cpu_s: f64,
+}
+
+/// Draws the `opts.n` samples of a setting with `model` at its active length and `steps` Euler steps. Sample `i`
+/// has label `i % classes` and noise stream `i` of `opts.seed` (through [`sample_seeded`], in batches of
+/// `opts.batch` that change no sample's noise), so every (T, l) setting starts from the same noise, and the first
+/// `rows · classes` samples start from the noise of the `odelt-model grid --rows rows` samples and of the sampler
+/// node's with the same seed.
+pub fn sample_setting(model: &Dit, steps: usize, opts: &SweepOptions) -> Result<SettingSamples> {
+    let cfg = model.config();
+    let labels = balanced_labels(opts.n, cfg.num_classes);
+    let sample_opts = SampleOptions {
+        cfg: opts.guidance,
+        ..SampleOptions::new(Solver::Euler { steps })
+    };
+    let mut pixels: Vec<f32> =
+        Vec::with_capacity(opts.n * cfg.input_size * cfg.input_size * cfg.in_channels);
+    let mut wall_s = 0.0;
+    let mut cpu_s = 0.0;
+    let mut i = 0;
+    while i < opts.n {
+        let b = opts.batch.max(1).min(opts.n - i);
+        let y = Tensor::from_slice(&labels[i..i + b], b, model.device())?;
+        let batch = SeededBatch {
+            seed: opts.seed,
+            first: i as u64,
+            labels: &y,
+            start: Start::Noise,
+            opts: sample_opts,
+            step_code: opts.fixed_dt_base,
+        };
+        let t0 = Instant::now();
+        let c0 = process_cpu_seconds();
+        let (x, _) = sample_seeded(model, &batch, &mut ())?;
+        wall_s += t0.elapsed().as_secs_f64();
+        cpu_s += process_cpu_seconds() - c0;
+        pixels.extend(x.flatten_all()?.to_vec1::<f32>()?);
+        i += b;
+    }
+    Ok(SettingSamples {
+        pixels,
+        labels,
+        wall_s,
+        cpu_s,
+    })
+}
+
+/// Samples `opts.n` images at (l, T) ([`sample_setting`]) and scores them.
 pub fn evaluate_setting(
     model: &Dit,
     c: &Classifier,
@@ -80,28 +140,12 @@ pub fn evaluate_setting(
 ) -> Result<SweepRow> {
     let m = model.with_length(length)?;
     let cfg = m.config().clone();
-    let labels = balanced_labels(opts.n, cfg.num_classes);
-    let spec = SampleSpec {
-        steps,
-        guidance: opts.guidance,
-        fixed_dt_base: opts.fixed_dt_base,
-    };
-    let shape = (cfg.input_size, cfg.input_size, cfg.in_channels);
-    let mut pixels: Vec<f32> = Vec::with_capacity(opts.n * shape.0 * shape.1 * shape.2);
-    let mut sampling_s = 0.0;
-    let mut cpu_s = 0.0;
-    let mut i = 0;
-    while i < opts.n {
-        let b = opts.batch.min(opts.n - i);
-        let noise = indexed_noise(opts.seed, i, b, shape, m.device())?;
-        let t0 = Instant::now();
-        let c0 = process_cpu_seconds();
-        let x = sample(&m, &noise, &labels[i..i + b], &spec)?;
-        sampling_s += t0.elapsed().as_secs_f64();
-        cpu_s += process_cpu_seconds() - c0;
-        pixels.extend(x.flatten_all()?.to_vec1::<f32>()?);
-        i += b;
-    }
+    let SettingSamples {
+        pixels,
+        labels,
+        wall_s: sampling_s,
+        cpu_s,
+    } = sample_setting(&m, steps, opts)?;
     let (f, preds) = c.features(&pixels, 500, m.device())?;
     let g = Gaussian::fit(&f, FEATURE_DIM)?;
     let fd = frechet_distance(&g, reference)?;
