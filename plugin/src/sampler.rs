@@ -188,4 +188,4 @@ impl Node for Sampler {
 }
 
 /// The seed's contract, shown as its tooltip.
-pub const SEED_CONTRACT: &str = "Noise seed. Sample i of the batch draws its noise from stream i of this seed, so it does not depend on the batch size, the same seed gives the same noise at every length, and `odelt-model grid --seed` draws the same noise.";
+pub const SEED_CONTRACT: &str = "Noise seed. Sample i of the batch starts from noise stream i of this seed, so its noise is the same at any batch size and any active length, and this seed gives the same samples as `odelt-model grid --seed` and the evaluation.";
