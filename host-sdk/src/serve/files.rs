@@ -1,7 +1,10 @@
 //! Confining file access to the output/input/temp folders: no `..`, no absolute paths, no
-//! symbolic links anywhere below the folder.
+//! symbolic links anywhere below the folder ([`odelt_contract::paths`] with
+//! [`LinkPolicy::Refuse`]), with the refusals sorted into HTTP statuses ([`PathFault`]).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use odelt_contract::paths::{self, LinkPolicy, PathError};
 
 /// Why a path was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,83 +25,37 @@ impl std::fmt::Display for PathFault {
     }
 }
 
-/// Checks a file name: non-empty, no separators, not `.`/`..`, no NUL, not absolute.
+impl From<PathError> for PathFault {
+    fn from(e: PathError) -> Self {
+        let message = e.to_string();
+        match e {
+            PathError::Symlink { .. } | PathError::OutsideBase { .. } => PathFault::Escape(message),
+            PathError::BaseUnavailable { .. }
+            | PathError::NotFound { .. }
+            | PathError::NotAFile { .. }
+            | PathError::NotADir { .. }
+            | PathError::Io { .. } => PathFault::NotFound(message),
+            PathError::Empty
+            | PathError::Nul { .. }
+            | PathError::Absolute { .. }
+            | PathError::ParentDir { .. }
+            | PathError::Escapes { .. }
+            | PathError::Separator { .. }
+            | PathError::BadPart { .. } => PathFault::BadName(message),
+        }
+    }
+}
+
+/// Checks a file name: non-empty, no separators, not `.`/`..`, no NUL, not absolute
+/// ([`paths::check_file_name`]).
 pub fn check_file_name(name: &str) -> Result<(), PathFault> {
-    if name.is_empty() {
-        return Err(PathFault::BadName("empty file name".into()));
-    }
-    if name.starts_with('/') || name.starts_with('\\') || Path::new(name).is_absolute() {
-        return Err(PathFault::BadName(format!(
-            "absolute file name '{name}' not allowed"
-        )));
-    }
-    if name.contains("..") {
-        return Err(PathFault::BadName(format!(
-            "'..' not allowed in file name '{name}'"
-        )));
-    }
-    if name.contains(['/', '\\', '\0']) || name == "." {
-        return Err(PathFault::BadName(format!(
-            "file name '{name}' must not contain path separators"
-        )));
-    }
-    Ok(())
+    Ok(paths::check_file_name(name)?)
 }
 
 /// Splits a subfolder into plain components (empty → none), refusing `..`, absolute paths
-/// and NUL.
+/// and NUL ([`paths::check_relative`]).
 pub fn subfolder_parts(sub: &str) -> Result<Vec<String>, PathFault> {
-    if sub.starts_with('/') || sub.starts_with('\\') || Path::new(sub).is_absolute() {
-        return Err(PathFault::BadName(format!(
-            "absolute subfolder '{sub}' not allowed"
-        )));
-    }
-    if sub.contains('\0') {
-        return Err(PathFault::BadName("NUL in subfolder".into()));
-    }
-    let mut parts = Vec::new();
-    for p in sub.split(['/', '\\']) {
-        match p {
-            "" | "." => {}
-            ".." => {
-                return Err(PathFault::BadName(format!(
-                    "'..' not allowed in subfolder '{sub}'"
-                )))
-            }
-            p => {
-                if !matches!(Path::new(p).components().next(), Some(Component::Normal(_))) {
-                    return Err(PathFault::BadName(format!("bad subfolder part '{p}'")));
-                }
-                parts.push(p.to_string());
-            }
-        }
-    }
-    Ok(parts)
-}
-
-/// Refuses any symbolic link on the way from `base` down through `parts`; returns the path.
-fn walk_no_links(base: &Path, parts: &[String], must_exist: bool) -> Result<PathBuf, PathFault> {
-    let mut p = base.to_path_buf();
-    for part in parts {
-        p.push(part);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(PathFault::Escape(format!(
-                    "'{}' is a symbolic link",
-                    p.strip_prefix(base).unwrap_or(&p).display()
-                )))
-            }
-            Ok(_) => {}
-            Err(_) if !must_exist => {}
-            Err(_) => {
-                return Err(PathFault::NotFound(format!(
-                    "'{}' not found",
-                    p.strip_prefix(base).unwrap_or(&p).display()
-                )))
-            }
-        }
-    }
-    Ok(p)
+    Ok(paths::check_relative(sub)?)
 }
 
 /// Resolves an existing regular file `base/subfolder/filename`, confined to `base`.
@@ -110,43 +67,13 @@ pub fn resolve_existing(
     check_file_name(filename)?;
     let mut parts = subfolder_parts(subfolder)?;
     parts.push(filename.to_string());
-    let base_c = base
-        .canonicalize()
-        .map_err(|_| PathFault::NotFound(format!("'{filename}' not found")))?;
-    let p = walk_no_links(&base_c, &parts, true)?;
-    let real = p
-        .canonicalize()
-        .map_err(|_| PathFault::NotFound(format!("'{filename}' not found")))?;
-    if !real.starts_with(&base_c) {
-        return Err(PathFault::Escape(format!(
-            "'{filename}' is outside the folder"
-        )));
-    }
-    if !real.is_file() {
-        return Err(PathFault::NotFound(format!("'{filename}' is not a file")));
-    }
-    Ok(real)
+    Ok(paths::resolve_file_under(base, &parts, LinkPolicy::Refuse)?)
 }
 
 /// Creates (if needed) `base/subfolder` for writing, confined to `base`; returns the folder.
 pub fn prepare_dir(base: &Path, subfolder: &str) -> Result<PathBuf, PathFault> {
     let parts = subfolder_parts(subfolder)?;
-    std::fs::create_dir_all(base)
-        .map_err(|e| PathFault::NotFound(format!("cannot create folder: {e}")))?;
-    let base_c = base
-        .canonicalize()
-        .map_err(|e| PathFault::NotFound(format!("folder unavailable: {e}")))?;
-    let dir = walk_no_links(&base_c, &parts, false)?;
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| PathFault::NotFound(format!("cannot create subfolder: {e}")))?;
-    // Re-check after creation (a link could have appeared in between).
-    let real = walk_no_links(&base_c, &parts, true)?
-        .canonicalize()
-        .map_err(|e| PathFault::NotFound(format!("subfolder unavailable: {e}")))?;
-    if !real.starts_with(&base_c) {
-        return Err(PathFault::Escape("subfolder is outside the folder".into()));
-    }
-    Ok(real)
+    Ok(paths::create_dir_under(base, &parts, LinkPolicy::Refuse)?)
 }
 
 /// A MIME type from the extension.
@@ -217,43 +144,39 @@ mod tests {
     }
 
     #[test]
-    fn names_and_subfolders_are_checked() {
-        assert!(check_file_name("a.png").is_ok());
-        for bad in [
-            "",
-            "../a",
-            "/etc/passwd",
-            "a/b",
-            "a\\b",
-            "..",
-            "x..y",
-            "a\0b",
-        ] {
-            assert!(
-                matches!(check_file_name(bad), Err(PathFault::BadName(_))),
-                "{bad:?}"
-            );
-        }
-        assert_eq!(subfolder_parts("a/b/").unwrap(), ["a", "b"]);
-        assert!(subfolder_parts("").unwrap().is_empty());
-        assert!(subfolder_parts("a/../b").is_err());
-        assert!(subfolder_parts("/abs").is_err());
-    }
-
-    #[test]
-    fn resolution_stays_inside_and_refuses_links() {
+    fn refusals_map_to_http_classes() {
+        // What is refused is tested with odelt_contract::paths; here: which status each gets.
         let base = tmp("resolve");
-        let outside = tmp("outside");
-        std::fs::write(outside.join("secret.txt"), "s").unwrap();
         std::fs::create_dir_all(base.join("sub")).unwrap();
         std::fs::write(base.join("sub/ok.png"), "x").unwrap();
         assert!(resolve_existing(&base, "sub", "ok.png").is_ok());
+        for (sub, name) in [
+            ("", "../a"),
+            ("", "a/b"),
+            ("..", "a"),
+            ("/abs", "a"),
+            ("", ""),
+        ] {
+            assert!(
+                matches!(
+                    resolve_existing(&base, sub, name),
+                    Err(PathFault::BadName(_))
+                ),
+                "{sub:?} {name:?}"
+            );
+        }
         assert!(matches!(
             resolve_existing(&base, "", "missing.png"),
             Err(PathFault::NotFound(_))
         ));
+        assert!(matches!(
+            resolve_existing(&base, "", "sub"),
+            Err(PathFault::NotFound(_))
+        ));
         #[cfg(unix)]
         {
+            let outside = tmp("outside");
+            std::fs::write(outside.join("secret.txt"), "s").unwrap();
             std::os::unix::fs::symlink(outside.join("secret.txt"), base.join("link.txt")).unwrap();
             std::os::unix::fs::symlink(&outside, base.join("linkdir")).unwrap();
             assert!(matches!(

@@ -3,9 +3,12 @@
 //!
 //! Names are relative, `/`-separated paths (`fashion-dit.safetensors`, `checkpoints/imagenet.pkl`,
 //! `vae/sd-vae-ft-mse.safetensors`). A name is refused when it is absolute, contains `..`, or resolves — through a
-//! symlink — to a file outside the models directory.
+//! symlink — to a file outside the models directory ([`odelt_contract::paths`] with [`LinkPolicy::FollowInside`]:
+//! symlinks that stay inside are followed).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use odelt_contract::paths::{self, LinkPolicy, PathError};
 
 use crate::error::{Error, Result};
 
@@ -101,65 +104,59 @@ pub fn list_vaes(models_dir: &Path) -> Vec<String> {
 
 /// Checks the shape of a name without touching the file system: non-empty, relative, no `..`.
 pub fn check_name(name: &str, what: &str) -> Result<()> {
+    name_parts(name, what).map(|_| ())
+}
+
+/// [`check_name`], returning the name's components.
+fn name_parts(name: &str, what: &str) -> Result<Vec<String>> {
     if name.trim().is_empty() {
         return Err(Error::invalid(format!("no {what} name given")));
     }
-    if name.contains('\0') {
-        return Err(Error::invalid(format!(
-            "{what} name {name:?} contains a NUL byte"
-        )));
-    }
-    let p = Path::new(name);
-    let looks_absolute = p.is_absolute()
-        || name.starts_with('/')
-        || name.starts_with('\\')
-        || name.as_bytes().get(1) == Some(&b':');
-    if looks_absolute
-        || p.components()
-            .any(|c| matches!(c, Component::Prefix(_) | Component::RootDir))
-    {
-        return Err(Error::invalid(format!(
-            "{what} name {name:?} is an absolute path; give a name relative to the models directory"
-        )));
-    }
-    if p.components().any(|c| matches!(c, Component::ParentDir))
-        || name.split(['/', '\\']).any(|s| s == "..")
-    {
-        return Err(Error::invalid(format!(
-            "{what} name {name:?} contains `..`: names must stay inside the models directory"
-        )));
-    }
-    Ok(())
+    paths::check_relative(name).map_err(|e| {
+        Error::invalid(match e {
+            PathError::Nul { .. } => format!("{what} name {name:?} contains a NUL byte"),
+            PathError::Absolute { .. } => format!(
+                "{what} name {name:?} is an absolute path; give a name relative to the models directory"
+            ),
+            PathError::ParentDir { .. } => format!(
+                "{what} name {name:?} contains `..`: names must stay inside the models directory"
+            ),
+            other => format!("{what} name {other}"),
+        })
+    })
 }
 
 /// Resolves `name` to an existing file inside `models_dir` (tried as given, then under each of `subdirs`).
 /// Fails when the name is malformed ([`check_name`]), names no file, or leads outside the models directory
 /// through a symlink.
 pub fn resolve(models_dir: &Path, name: &str, subdirs: &[&str], what: &str) -> Result<PathBuf> {
-    check_name(name, what)?;
-    let root = std::fs::canonicalize(models_dir).map_err(|e| {
-        Error::invalid(format!(
-            "models directory {} is not readable ({e}); {what} {name:?} cannot be found",
-            models_dir.display()
-        ))
-    })?;
-    let candidates = std::iter::once(models_dir.join(name))
-        .chain(subdirs.iter().map(|s| models_dir.join(s).join(name)));
-    for cand in candidates {
-        let Ok(real) = std::fs::canonicalize(&cand) else {
-            continue;
-        };
-        if !real.starts_with(&root) {
-            return Err(Error::invalid(format!(
-                "{what} {name:?} resolves to {}, outside the models directory {}",
-                real.display(),
-                root.display()
-            )));
+    let parts = name_parts(name, what)?;
+    let candidates = std::iter::once("").chain(subdirs.iter().copied());
+    for sub in candidates {
+        let rel: Vec<&str> = sub
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .chain(parts.iter().map(String::as_str))
+            .collect();
+        match paths::resolve_file_under(models_dir, &rel, LinkPolicy::FollowInside) {
+            Ok(real) => return Ok(real),
+            Err(PathError::NotFound { .. }) => continue,
+            Err(PathError::BaseUnavailable { source, .. }) => return Err(Error::invalid(format!(
+                "models directory {} is not readable ({source}); {what} {name:?} cannot be found",
+                models_dir.display()
+            ))),
+            Err(PathError::OutsideBase { resolved, base, .. }) => {
+                return Err(Error::invalid(format!(
+                    "{what} {name:?} resolves to {}, outside the models directory {}",
+                    resolved.display(),
+                    base.display()
+                )))
+            }
+            Err(PathError::NotAFile { .. }) => {
+                return Err(Error::invalid(format!("{what} {name:?} is not a file")))
+            }
+            Err(other) => return Err(Error::invalid(format!("{what} {other}"))),
         }
-        if !real.is_file() {
-            return Err(Error::invalid(format!("{what} {name:?} is not a file")));
-        }
-        return Ok(real);
     }
     let looked: Vec<String> = std::iter::once(models_dir.display().to_string())
         .chain(

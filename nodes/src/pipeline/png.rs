@@ -3,7 +3,9 @@
 //! leaving the output directory), and `tEXt` chunks `prompt` / `workflow` (every `extra_pnginfo` entry) holding JSON.
 
 use std::io::BufWriter;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use odelt_contract::paths::{self, LinkPolicy, PathError};
 
 use crate::error::{Error, Result};
 
@@ -29,37 +31,24 @@ impl SaveTarget {
 }
 
 /// Splits a filename prefix into its sub-folder components and base name (like `os.path.normpath`), refusing
-/// absolute prefixes and `..` that would climb above the output directory. Touches no files.
+/// absolute prefixes and `..` that would climb above the output directory ([`paths::normalize_relative`]).
+/// Touches no files.
 pub fn save_target_shape(prefix: &str) -> Result<(Vec<String>, String)> {
     let prefix = prefix.replace('\\', "/");
     if prefix.trim().is_empty() {
         return Err(Error::invalid("filename_prefix is empty"));
     }
-    let p = Path::new(&prefix);
-    if p.is_absolute() || prefix.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "filename_prefix {prefix:?} is an absolute path; saving outside the output folder is not allowed"
-        )));
-    }
-    let mut parts: Vec<String> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if parts.pop().is_none() {
-                    return Err(Error::invalid(format!(
-                        "filename_prefix {prefix:?} leads outside the output folder; saving there is not allowed"
-                    )));
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(Error::invalid(format!(
-                    "filename_prefix {prefix:?} is an absolute path; saving outside the output folder is not allowed"
-                )))
-            }
-        }
-    }
+    let mut parts = paths::normalize_relative(&prefix).map_err(|e| {
+        Error::invalid(match e {
+            PathError::Absolute { .. } | PathError::BadPart { .. } => format!(
+                "filename_prefix {prefix:?} is an absolute path; saving outside the output folder is not allowed"
+            ),
+            PathError::Escapes { .. } => format!(
+                "filename_prefix {prefix:?} leads outside the output folder; saving there is not allowed"
+            ),
+            other => format!("filename_prefix {other}"),
+        })
+    })?;
     let Some(filename) = parts.pop() else {
         return Err(Error::invalid(format!(
             "filename_prefix {prefix:?} names no file"
@@ -68,7 +57,8 @@ pub fn save_target_shape(prefix: &str) -> Result<(Vec<String>, String)> {
     Ok((parts, filename))
 }
 
-/// Splits `prefix` into sub-folder and base name, checks it stays inside `output_dir`, and finds the next free
+/// Splits `prefix` into sub-folder and base name, checks it stays inside `output_dir` (symlinks inside it are
+/// followed as long as they stay inside; nothing is created outside), creates the folder, and finds the next free
 /// counter the way ComfyUI's `get_save_image_path` does: among files in the folder named
 /// `{filename}_{digits}_…`, the highest `digits` plus one (1 when there is none). `%width%` and `%height%` in the
 /// prefix are replaced by the image size.
@@ -86,22 +76,14 @@ pub fn save_target(
     let folder = parts
         .iter()
         .fold(output_dir.to_path_buf(), |acc, s| acc.join(s));
-    std::fs::create_dir_all(&folder).map_err(|source| Error::Io {
-        path: folder.clone(),
-        source,
+    paths::create_dir_under(output_dir, &parts, LinkPolicy::FollowInside).map_err(|e| match e {
+        PathError::Io { path, source, .. } => Error::Io { path, source },
+        PathError::OutsideBase { resolved, .. } => Error::invalid(format!(
+            "filename_prefix {prefix:?} resolves to {}, outside the output folder",
+            resolved.display()
+        )),
+        other => Error::invalid(format!("filename_prefix {prefix:?}: {other}")),
     })?;
-    // A symlinked sub-folder must not lead out either.
-    if let (Ok(root), Ok(real)) = (
-        std::fs::canonicalize(output_dir),
-        std::fs::canonicalize(&folder),
-    ) {
-        if !real.starts_with(&root) {
-            return Err(Error::invalid(format!(
-                "filename_prefix {prefix:?} resolves to {}, outside the output folder",
-                real.display()
-            )));
-        }
-    }
     let counter = next_counter(&folder, &filename);
     Ok(SaveTarget {
         folder,
