@@ -224,3 +224,81 @@ fn nodes_prints_object_info_and_help_has_examples() {
     let o = odelt(&["run"]);
     assert_eq!(o.status.code(), Some(2), "clap usage error");
 }
+
+/// `odelt nodes` output as (class name, python_module) pairs, and its stderr.
+fn node_modules(o: &Output) -> (Vec<(String, String)>, String) {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "odelt nodes failed: {stderr}");
+    let info: Value = serde_json::from_slice(&o.stdout).expect("odelt nodes prints JSON");
+    let nodes = info
+        .as_object()
+        .expect("object_info is a JSON object")
+        .iter()
+        .map(|(k, v)| {
+            let module = v["python_module"].as_str().unwrap_or_default().to_string();
+            (k.clone(), module)
+        })
+        .collect();
+    (nodes, stderr)
+}
+
+#[test]
+fn target_release_odelt_finds_only_the_product_plugin() {
+    // Building the test plugins (done here first, so that the check below follows it) must leave
+    // target/release alone: `odelt` loads every plugin next to itself.
+    fixtures_release_dir();
+    for lib in FIXTURE_LIBS {
+        let p = release_dir().join(dll_name(lib));
+        assert!(
+            !p.exists(),
+            "a test plugin lies next to odelt: {}",
+            p.display()
+        );
+    }
+    let exe = release_dir().join(format!("odelt{}", std::env::consts::EXE_SUFFIX));
+    let product = release_dir().join(dll_name("odelt_plugin"));
+    for p in [&exe, &product] {
+        assert!(
+            p.is_file(),
+            "{} is missing: build the workspace first with `cargo build --release --workspace`",
+            p.display()
+        );
+    }
+    let run = |extra: &[&std::ffi::OsStr]| {
+        Command::new(&exe)
+            .arg("nodes")
+            .args(extra)
+            .env_remove("ODELT_PLUGIN_PATH")
+            .current_dir(temp_dir("cli-nodes"))
+            .output()
+            .expect("run target/release/odelt")
+    };
+
+    // The default search: the executable's directory.
+    let (found, stderr) = node_modules(&run(&[]));
+    let lower = stderr.to_lowercase();
+    assert!(
+        !lower.contains("warning") && !lower.contains("skipped"),
+        "odelt nodes warned: {stderr}"
+    );
+    // What the product plugin alone provides.
+    let (expected, _) = node_modules(&run(&["--plugins".as_ref(), product.as_os_str()]));
+    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&found),
+        names(&expected),
+        "the default search found other nodes than the product plugin's"
+    );
+    for class in ["ODEtODElCheckpointLoader", "ODEtSampler", "ODEtDecode"] {
+        assert!(
+            names(&found).iter().any(|n| n == class),
+            "{class} missing from {:?}",
+            names(&found)
+        );
+    }
+    let module = &expected[0].1;
+    assert!(
+        found.iter().all(|(_, m)| m == module),
+        "nodes from another module than {module}: {found:?}"
+    );
+}

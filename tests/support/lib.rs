@@ -3,7 +3,8 @@
 //! layout), a tiny VAE and a tiny pixel-space "fashion" model, and a host executor with the plugin loaded.
 //!
 //! The tests build nothing: they expect `cargo build --release --workspace` to have produced
-//! `target/release/libodelt_plugin.so` (and `odelt`), found relative to this crate or `$CARGO_TARGET_DIR`.
+//! `target/release/libodelt_plugin.so` (and `odelt`) in the target directory of the running tests
+//! ([`release_dir`], shared with the host's tests: tests/fixtures/artifacts.rs).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,29 +18,13 @@ use odelt_nodes::checkpoint::safetensors_format;
 use odelt_nodes::DitConfig;
 use serde_json::Value as Json;
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+/// Where the build put things (shared with the host's test helpers), and the test plugins of tests/fixtures.
+#[path = "../fixtures/artifacts.rs"]
+pub mod artifacts;
 
-/// `target/release` (or `$CARGO_TARGET_DIR/release`).
-pub fn release_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => {
-            let d = PathBuf::from(d);
-            let d = if d.is_absolute() {
-                d
-            } else {
-                repo_root().join(d)
-            };
-            d.join("release")
-        }
-        _ => repo_root().join("target/release"),
-    }
-}
+/// The repository root; `<target>/release` of the running tests (`$CARGO_TARGET_DIR`, relative or not, or
+/// `--target` included).
+pub use artifacts::{release_dir, repo_root};
 
 /// A built artifact in the release directory, or a panic saying how to build it.
 pub fn artifact(file: &str) -> PathBuf {

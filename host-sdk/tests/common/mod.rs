@@ -1,36 +1,27 @@
 //! Shared helpers for the host's integration tests: locating the built plugin libraries,
 //! building executors, recording events, temporary directories.
+//!
+//! The test plugins (tests/fixtures, a workspace of their own) are built on first use into
+//! `<target>/fixtures`, not into `target/release` where `odelt` looks for plugins; see
+//! tests/fixtures/artifacts.rs, which the end-to-end tests' helpers share.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+#[path = "../../../tests/fixtures/artifacts.rs"]
+mod artifacts;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use odelt_host::{Event, EventKind, EventSink, Executor, ExecutorConfig, PluginSet, Prompt};
 
-/// `target/release` (or `$CARGO_TARGET_DIR/release`).
-pub fn release_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release")
-}
+#[allow(unused_imports)]
+pub use artifacts::{dll_name, fixtures_release_dir, release_dir, repo_root, FIXTURE_LIBS};
 
-/// Path of a built cdylib by library name (`odelt_test_plugin`), or a panic saying how to build it.
+/// A test plugin by library name (`odelt_test_plugin`, `odelt_test_plugin_b`,
+/// `odelt_old_contract_plugin`), built on first use.
 pub fn lib_path(lib: &str) -> PathBuf {
-    let p = release_dir().join(format!(
-        "{}{lib}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    assert!(
-        p.exists(),
-        "{} is missing: build the test plugins first with \
-         `cargo build --release -p odelt-test-plugin -p odelt-test-plugin-b -p odelt-old-contract-plugin` \
-         (or `cargo build --release --workspace`)",
-        p.display()
-    );
-    p
+    artifacts::fixture_lib(lib)
 }
 
 pub fn test_plugin() -> PathBuf {
@@ -55,6 +46,7 @@ pub fn executor_with(workers: usize, cache_runs: u32) -> Executor {
             output_dir: out.clone(),
             temp_dir: out.join("temp"),
             models_dir: out.join("models"),
+            input_dir: out.join("input"),
             cache_runs,
         },
     )
