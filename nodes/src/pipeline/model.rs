@@ -386,25 +386,12 @@ pub(crate) mod tests {
         }
     }
 
-    /// Writes a checkpoint of `cfg` with bounded synthetic weights into a fresh models dir named by `tag`.
+    /// Writes a checkpoint of `cfg` with the library's random weights into a fresh models dir named by `tag`.
     pub(crate) fn models_dir_with(tag: &str, name: &str, cfg: &DitConfig) -> PathBuf {
         let d = std::env::temp_dir().join(format!("odelt-pipeline-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        let tensors: Vec<(String, Tensor)> = crate::params::param_specs(cfg, cfg.depth)
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let n: usize = s.shape.iter().product();
-                let v: Vec<f32> = (0..n)
-                    .map(|k| 0.1 * ((k + 3 * i) as f32 * 0.37).sin())
-                    .collect();
-                (
-                    s.name,
-                    Tensor::from_vec(v, s.shape.as_slice(), &Device::Cpu).unwrap(),
-                )
-            })
-            .collect();
+        let tensors = crate::params::random_params(cfg, 0).unwrap();
         crate::checkpoint::safetensors_format::save(&d.join(name), cfg, &tensors, &[]).unwrap();
         d
     }
