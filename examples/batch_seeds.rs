@@ -1,9 +1,9 @@
 //! Batch runs from a script: one workflow, many seeds (or labels), with progress.
 //!
 //! ```text
-//! cargo build --release -p odelt-host -p odelt-test-plugin
+//! cargo build --release --manifest-path tests/fixtures/Cargo.toml --target-dir target/fixtures
 //! cargo run --release -p odelt-host --example batch_seeds -- \
-//!     [--plugins target/release/libodelt_test_plugin.so] [--workflow WF.json --target NODE.INPUT] [--count N]
+//!     [--plugins target/fixtures/release/libodelt_test_plugin.so] [--workflow WF.json --target NODE.INPUT] [--count N]
 //! ```
 //!
 //! Without `--workflow` it builds a small workflow in code from the test plugin's nodes
@@ -74,7 +74,7 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     let plugins = PluginSearch::from_env(args.plugins.clone()).load()?;
     if plugins.plugins().is_empty() {
-        bail!("no plugins found; pass --plugins target/release/libodelt_test_plugin.so");
+        bail!("no plugins found; pass --plugins target/fixtures/release/libodelt_test_plugin.so");
     }
     let exec = Executor::new(Arc::new(plugins), ExecutorConfig::default());
 

@@ -1,8 +1,8 @@
 //! Per-node overhead of the host (dispatch + marshalling) on the test plugin.
 //!
 //! ```text
-//! cargo build --release -p odelt-host -p odelt-test-plugin
-//! target/release/odelt-host-bench [--plugin target/release/libodelt_test_plugin.so] [--nodes 2000] [--image 512]
+//! cargo build --release -p odelt-host && cargo build --release --manifest-path tests/fixtures/Cargo.toml --target-dir target/fixtures
+//! target/release/odelt-host-bench [--plugin target/fixtures/release/libodelt_test_plugin.so] [--nodes 2000] [--image 512]
 //! ```
 //!
 //! Prints a table: the raw ABI call, the executor per node (chain run inline, fan-out on the
@@ -31,7 +31,8 @@ fn args() -> Result<Args> {
         .map(PathBuf::from)
         .unwrap_or_default();
     let mut a = Args {
-        plugin: exe_dir.join(format!(
+        // The test plugins are built apart from the product (tests/fixtures), into <target>/fixtures/release.
+        plugin: exe_dir.join("../fixtures/release").join(format!(
             "{}odelt_test_plugin{}",
             std::env::consts::DLL_PREFIX,
             std::env::consts::DLL_SUFFIX
@@ -109,7 +110,7 @@ fn main() -> Result<()> {
     let mut set = PluginSet::new();
     set.load_file(&a.plugin).with_context(|| {
         format!(
-            "loading {} (build it with cargo build --release -p odelt-test-plugin)",
+            "loading {} (build it with cargo build --release --manifest-path tests/fixtures/Cargo.toml --target-dir target/fixtures)",
             a.plugin.display()
         )
     })?;
