@@ -13,4 +13,11 @@ import struct
 h = open('/tmp/odelt-st-header', 'rb').read()
 open('corpus/checkpoint/tiny.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + struct.pack('<2f', 1.0, 2.0))
 PY
-echo "seeded: $(ls corpus/pickle | wc -l) pickle, $(ls corpus/checkpoint | wc -l) checkpoint"
+# The workflow target: the example workflows, each also as a POST /prompt body.
+mkdir -p corpus/workflow
+for f in ../examples/workflows/*.json; do
+    b=$(basename "$f" .json)
+    cp "$f" "corpus/workflow/$b.json"
+    python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(json.dumps({"prompt": p, "client_id": "c", "extra_data": {"extra_pnginfo": {"workflow": {}}}, "partial_execution_targets": list(p)[-1:]}))' "$f" > "corpus/workflow/$b.body.json"
+done
+echo "seeded: $(ls corpus/pickle | wc -l) pickle, $(ls corpus/checkpoint | wc -l) checkpoint, $(ls corpus/workflow | wc -l) workflow"

@@ -25,7 +25,7 @@ use crate::pool;
 use crate::prompt::Prompt;
 use crate::schedule::{schedule, Schedule};
 use crate::sync::lock;
-use crate::dirs::{HostDirs, HostStrings};
+use crate::dirs::{ExtraModelDirs, HostDirs, HostStrings};
 use crate::validate::{validate, Plan, ValidateOptions, ValidationFailure};
 
 /// How an [`Executor`] runs nodes.
@@ -45,6 +45,8 @@ pub struct ExecutorConfig {
     pub input_dir: PathBuf,
     /// How many recent runs' outputs stay cached (0 disables caching).
     pub cache_runs: u32,
+    /// Model folders besides `models_dir` (ComfyUI's `extra_model_paths.yaml`).
+    pub extra_model_dirs: ExtraModelDirs,
 }
 
 impl Default for ExecutorConfig {
@@ -57,6 +59,7 @@ impl Default for ExecutorConfig {
             models_dir: PathBuf::from("models"),
             input_dir: PathBuf::from("input"),
             cache_runs: 1,
+            extra_model_dirs: ExtraModelDirs::default(),
         }
     }
 }
@@ -70,6 +73,7 @@ impl ExecutorConfig {
             input_dir: self.input_dir.clone(),
             output_dir: self.output_dir.clone(),
             temp_dir: self.temp_dir.clone(),
+            extra_model_dirs: self.extra_model_dirs.clone(),
         }
     }
 }
@@ -206,23 +210,30 @@ pub struct Executor {
     runs: AtomicU64,
 }
 
-/// A random UUID-v4-shaped id (no RNG dependency: std's randomly keyed hasher).
+/// A random UUID v4 (RFC 9562: 122 random bits, version 4, variant `10`), lowercase and
+/// hyphenated, from the operating system's random generator. Should that ever fail, the bits
+/// come from std's randomly keyed hasher instead (unpredictable across processes, but not a
+/// cryptographic generator), with a warning on stderr.
 pub fn new_prompt_id() -> String {
-    let r = || {
-        std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-    };
-    let (a, b) = (r(), r());
-    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let mut b = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut b) {
+        eprintln!("warning: the OS random generator failed ({e}); prompt id from a hasher instead");
+        for (i, chunk) in b.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
     )
 }
 
@@ -550,6 +561,7 @@ impl Executor {
                 models_dir: RStr::from_str(&self.host.models_dir),
                 input_dir: RStr::from_str(&self.host.input_dir),
                 hooks,
+                extra_model_dirs: RStr::from_str(&self.host.extra_model_dirs),
             };
             self.plugins.plugins()[node.plugin].execute(&node.class_type, &inputs, &ctx)
         }))
@@ -752,6 +764,11 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c) || c == '-'));
+        let dashes: Vec<usize> = a.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23]);
     }
 }

@@ -1,11 +1,15 @@
 //! `ODEtODElCheckpointLoader`: opens a checkpoint from the models directory → MODEL.
 
+use std::path::PathBuf;
+
 use odelt_contract::{
     ExecContext, Handle, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo, NodeOutput,
     Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::model::inspect_config;
-use odelt_nodes::pipeline::models_dir::{list_checkpoints, resolve_checkpoint};
+use odelt_nodes::pipeline::models_dir::{
+    list_checkpoints_with, locate_checkpoint, CHECKPOINTS_KIND,
+};
 use odelt_nodes::pipeline::{class, LoadedCheckpoint, LoaderOptions, ModelHandle, Precision};
 
 use crate::convert::{dir_or, input_error, issue, node_error};
@@ -13,6 +17,13 @@ use crate::types::MODEL;
 
 /// The checkpoint loader node.
 pub struct CheckpointLoader;
+
+/// The folder that holds checkpoint `name`: the host's models directory, else the first of its extra checkpoint
+/// folders that has it (open the checkpoint with it as the models directory).
+pub fn checkpoint_root(host: &HostContext<'_>, name: &str) -> odelt_nodes::Result<PathBuf> {
+    let extra = host.extra_model_dirs(CHECKPOINTS_KIND);
+    locate_checkpoint(&dir_or(host.models_dir, "models"), &extra, name).map(|(root, _)| root)
+}
 
 /// The loader's inputs, parsed once for validation and execution (`0` widgets mean "from the checkpoint or
 /// preset").
@@ -43,7 +54,10 @@ impl Node for CheckpointLoader {
     const VALIDATES: bool = true;
 
     fn describe(host: &HostContext<'_>) -> NodeInfo {
-        let ckpts = list_checkpoints(&dir_or(host.models_dir, "models"));
+        let ckpts = list_checkpoints_with(
+            &dir_or(host.models_dir, "models"),
+            &host.extra_model_dirs(CHECKPOINTS_KIND),
+        );
         NodeInfo::new(Self::CLASS)
             .display_name("Load ODE_t(ODE_l) Checkpoint")
             .category("odelt/loaders")
@@ -55,7 +69,7 @@ impl Node for CheckpointLoader {
             .required(
                 "ckpt_name",
                 InputSpec::combo(ckpts)
-                    .tooltip("Checkpoint file under the models directory (or its checkpoints/ folder): the project's .safetensors or an official .pkl."),
+                    .tooltip("Checkpoint file under the models directory (or its checkpoints/ folder, or an extra checkpoint folder of extra_model_paths.yaml): the project's .safetensors or an official .pkl. Symbolic links in these folders are followed."),
             )
             .required(
                 "weights",
@@ -106,8 +120,8 @@ impl Node for CheckpointLoader {
     fn run(inputs: &Inputs<'_>, ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError> {
         let opts = options(inputs)?;
         ctx.text(&format!("opening {}", opts.ckpt_name));
-        let ck =
-            LoadedCheckpoint::open(&dir_or(ctx.models_dir, "models"), &opts).map_err(node_error)?;
+        let root = checkpoint_root(&ctx.host(), &opts.ckpt_name).map_err(node_error)?;
+        let ck = LoadedCheckpoint::open(&root, &opts).map_err(node_error)?;
         let handle = ModelHandle::new(ck, opts.precision);
         Ok(NodeOutput::new().with(Handle::new(MODEL, handle)))
     }
@@ -119,10 +133,10 @@ impl Node for CheckpointLoader {
         let Ok(name) = lits.string("ckpt_name") else {
             return vec![];
         };
-        let models = dir_or(v.host.models_dir, "models");
-        if let Err(e) = resolve_checkpoint(&models, name) {
-            return vec![issue("ckpt_name", e)];
-        }
+        let models = match checkpoint_root(v.host, name) {
+            Ok(root) => root,
+            Err(e) => return vec![issue("ckpt_name", e)],
+        };
         let Ok(opts) = options(&lits) else {
             return vec![];
         };

@@ -8,7 +8,7 @@ use odelt_contract::{
 };
 use odelt_nodes::pipeline::class;
 use odelt_nodes::pipeline::latent_file::{
-    latent_shape, read_latent, resolve_latent_file, write_latent,
+    latent_shape, read_latent, resolve_latent_file, write_latent, LatentDirs,
 };
 use odelt_nodes::pipeline::png::{comfy_text_chunks, save_target};
 
@@ -26,10 +26,20 @@ pub fn latent_name(i: &Inputs<'_>) -> Result<String, NodeError> {
     i.string("latent").map(str::to_string)
 }
 
-fn resolve(host: &HostContext<'_>, name: &str) -> odelt_nodes::Result<std::path::PathBuf> {
+/// Where LoadLatent reads `name`: under the host's input directory, or its output/temp directory for ComfyUI's
+/// annotated names (`name [output]`); never outside them.
+pub fn resolve(host: &HostContext<'_>, name: &str) -> odelt_nodes::Result<std::path::PathBuf> {
+    let (input, output, temp) = (
+        dir_or(host.input_dir, "input"),
+        dir_or(host.output_dir, "output"),
+        dir_or(host.temp_dir, "temp"),
+    );
     resolve_latent_file(
-        Some(&dir_or(host.output_dir, "output")),
-        Some(&dir_or(host.input_dir, "input")),
+        &LatentDirs {
+            input: &input,
+            output: &output,
+            temp: &temp,
+        },
         name,
     )
 }
@@ -46,7 +56,7 @@ impl Node for LoadLatent {
             .required(
                 "latent",
                 InputSpec::string().default("")
-                    .tooltip("The .latent file: a path relative to the output directory (where Save Latent writes, e.g. latents/odelt_00001_.latent) or to the input directory, or an absolute path."),
+                    .tooltip("The .latent file, relative to the input directory (e.g. x.latent or sub/x.latent); ComfyUI's annotation reads from the output directory, where Save Latent writes: latents/odelt_00001_.latent [output]. Absolute paths and .. are refused."),
             )
             .output_with_tooltip(LATENT, "LATENT", "The stored latent (old-format files are rescaled as ComfyUI does).")
     }

@@ -10,12 +10,10 @@
 use odelt_contract::{linked_input, literal_values, HostContext, Inputs, LinkedInput};
 use odelt_nodes::config::DitConfig;
 use odelt_nodes::pipeline::class;
-use odelt_nodes::pipeline::latent_file::{latent_shape, resolve_latent_file};
+use odelt_nodes::pipeline::latent_file::latent_shape;
 use odelt_nodes::pipeline::model::inspect_config;
-use odelt_nodes::pipeline::models_dir::resolve_vae;
 use odelt_nodes::pipeline::vae::vae_latent_channels;
 
-use crate::convert::dir_or;
 use crate::{checkpoint_loader, depth_selector, latent_files, vae_loader};
 
 /// How many nodes deep links are followed.
@@ -57,7 +55,8 @@ fn model_at(host: &HostContext<'_>, link: LinkedInput<'_>, depth: usize) -> Opti
     match link.class_type {
         class::LOADER => {
             let opts = parse_upstream(&link, checkpoint_loader::options)?;
-            let config = inspect_config(&dir_or(host.models_dir, "models"), &opts).ok()??;
+            let root = checkpoint_loader::checkpoint_root(host, &opts.ckpt_name).ok()?;
+            let config = inspect_config(&root, &opts).ok()??;
             Some(ModelInfo {
                 length: config.depth,
                 config,
@@ -88,12 +87,7 @@ pub fn latent(host: &HostContext<'_>, link: LinkedInput<'_>) -> Option<LatentInf
         }
         class::LOAD_LATENT => {
             let name = parse_upstream(&link, latent_files::latent_name)?;
-            let path = resolve_latent_file(
-                Some(&dir_or(host.output_dir, "output")),
-                Some(&dir_or(host.input_dir, "input")),
-                &name,
-            )
-            .ok()?;
+            let path = latent_files::resolve(host, &name).ok()?;
             let s = latent_shape(&path).ok()?;
             (s.len() == 4).then(|| LatentInfo {
                 channels: s[1],
@@ -111,6 +105,6 @@ pub fn vae_channels(host: &HostContext<'_>, link: LinkedInput<'_>) -> Option<(us
         return None;
     }
     let name = parse_upstream(&link, vae_loader::vae_name)?;
-    let path = resolve_vae(&dir_or(host.models_dir, "models"), &name).ok()?;
+    let (_, path) = vae_loader::locate(host, &name).ok()?;
     Some((vae_latent_channels(&path).ok()??, name))
 }

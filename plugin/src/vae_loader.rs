@@ -1,10 +1,12 @@
 //! `VAELoader`: opens a KL autoencoder from the models directory → VAE.
 
+use std::path::PathBuf;
+
 use odelt_contract::{
     ExecContext, Handle, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo, NodeOutput,
     Validation, ValidationIssue,
 };
-use odelt_nodes::pipeline::models_dir::{list_vaes, resolve_vae};
+use odelt_nodes::pipeline::models_dir::{list_vaes_with, locate_vae, VAE_KIND};
 use odelt_nodes::pipeline::vae::vae_latent_channels;
 use odelt_nodes::pipeline::{class, VaeHandle};
 
@@ -13,6 +15,16 @@ use crate::types::VAE;
 
 /// The VAE loader node.
 pub struct VaeLoader;
+
+/// The folder that holds VAE `name` (the models directory, else the first extra VAE folder that has it) and the
+/// file.
+pub fn locate(host: &HostContext<'_>, name: &str) -> odelt_nodes::Result<(PathBuf, PathBuf)> {
+    locate_vae(
+        &dir_or(host.models_dir, "models"),
+        &host.extra_model_dirs(VAE_KIND),
+        name,
+    )
+}
 
 /// The VAE file's name under the models directory.
 pub fn vae_name(i: &Inputs<'_>) -> Result<String, NodeError> {
@@ -24,7 +36,10 @@ impl Node for VaeLoader {
     const VALIDATES: bool = true;
 
     fn describe(host: &HostContext<'_>) -> NodeInfo {
-        let vaes = list_vaes(&dir_or(host.models_dir, "models"));
+        let vaes = list_vaes_with(
+            &dir_or(host.models_dir, "models"),
+            &host.extra_model_dirs(VAE_KIND),
+        );
         NodeInfo::new(Self::CLASS)
             .display_name("Load VAE")
             .category("loaders")
@@ -42,8 +57,9 @@ impl Node for VaeLoader {
     }
 
     fn run(inputs: &Inputs<'_>, ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError> {
-        let vae = VaeHandle::open(&dir_or(ctx.models_dir, "models"), &vae_name(inputs)?)
-            .map_err(|e| input_error("vae_name", e))?;
+        let name = vae_name(inputs)?;
+        let (root, _) = locate(&ctx.host(), &name).map_err(|e| input_error("vae_name", e))?;
+        let vae = VaeHandle::open(&root, &name).map_err(|e| input_error("vae_name", e))?;
         Ok(NodeOutput::new().with(Handle::new(VAE, vae)))
     }
 
@@ -52,9 +68,7 @@ impl Node for VaeLoader {
         let Ok(name) = vae_name(&v.literals()) else {
             return vec![];
         };
-        match resolve_vae(&dir_or(v.host.models_dir, "models"), &name)
-            .and_then(|p| vae_latent_channels(&p))
-        {
+        match locate(v.host, &name).and_then(|(_, p)| vae_latent_channels(&p)) {
             Ok(_) => vec![],
             Err(e) => vec![issue("vae_name", e)],
         }

@@ -168,8 +168,17 @@ fn golden_velocity(loader: Vec<(&'static str, serde_json::Value)>, tag: &str) {
     let x0 = g.get("in/x0_nhwc");
     let x0_nchw =
         Array::from_tensor(&x0.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap()).unwrap();
-    let src = f.root.join(format!("inputs/x0_{tag}.latent"));
-    write_latent(&src, &x0_nchw, &[]).expect("write x0 latent");
+    // LoadLatent reads from the host's input directory only.
+    let inputs = f.root.join("inputs");
+    let src_name = format!("x0_{tag}.latent");
+    write_latent(&inputs.join(&src_name), &x0_nchw, &[]).expect("write x0 latent");
+    let exec = odelt_host::Executor::new(
+        f.plugins.clone(),
+        odelt_host::ExecutorConfig {
+            input_dir: inputs,
+            ..f.executor().config().clone()
+        },
+    );
     let labels: Vec<String> = g
         .labels()
         .iter()
@@ -188,7 +197,7 @@ fn golden_velocity(loader: Vec<(&'static str, serde_json::Value)>, tag: &str) {
         );
         let ll = wf.add(
             "LoadLatent",
-            &[("latent", json!(src.display().to_string()))],
+            &[("latent", json!(src_name))],
         );
         let mut si = sampler_inputs(123, 1, 1.0, false);
         si.push(("model", Workflow::link_value(&ds, 0)));
@@ -202,7 +211,7 @@ fn golden_velocity(loader: Vec<(&'static str, serde_json::Value)>, tag: &str) {
                 ("filename_prefix", json!(format!("t_golden/{tag}_l{l}"))),
             ],
         );
-        let o = run_ok(&f.executor(), &wf);
+        let o = run_ok(&exec, &wf);
         let files = ui_images(&o, &sv, "latents");
         assert_eq!(files.len(), 1);
         assert_eq!(

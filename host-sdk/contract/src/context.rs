@@ -1,6 +1,7 @@
 //! The execution context the host passes to every node call.
 
 use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use abi_stable::{
@@ -143,11 +144,15 @@ pub struct HostContext<'a> {
     pub output_dir: RStr<'a>,
     /// Directory for temporary/preview outputs.
     pub temp_dir: RStr<'a>,
+    /// Model folders besides `models_dir` (ComfyUI's `extra_model_paths.yaml`), searched after it: a JSON
+    /// object from a ComfyUI folder name (`"checkpoints"`, `"vae"`, ...) to a list of absolute directories, or
+    /// empty for none. Read it with [`HostContext::extra_model_dirs`].
+    pub extra_model_dirs: RStr<'a>,
 }
 
 impl HostContext<'_> {
     /// The defaults of a host started in the current directory: device `"cpu"`, directories
-    /// `models`, `input`, `output`, `temp`.
+    /// `models`, `input`, `output`, `temp`, no extra model folders.
     pub fn detached() -> HostContext<'static> {
         HostContext {
             device: RStr::from_str("cpu"),
@@ -155,7 +160,55 @@ impl HostContext<'_> {
             input_dir: RStr::from_str("input"),
             output_dir: RStr::from_str("output"),
             temp_dir: RStr::from_str("temp"),
+            extra_model_dirs: RStr::from_str(""),
         }
+    }
+
+    /// The extra folders of one kind of model file (a ComfyUI folder name: `"checkpoints"`, `"vae"`), in the
+    /// order the host gave them; none when the host gave none (or a value that is not the documented JSON).
+    pub fn extra_model_dirs(&self, kind: &str) -> Vec<PathBuf> {
+        parse_extra_model_dirs(self.extra_model_dirs.as_str(), kind)
+    }
+}
+
+/// Encodes extra model folders for [`HostContext::extra_model_dirs`]: `(kind, folders)` pairs as the JSON
+/// object the field holds (empty when there are none).
+pub fn encode_extra_model_dirs<'k, P: AsRef<Path> + 'k>(
+    kinds: impl IntoIterator<Item = (&'k str, &'k [P])>,
+) -> String {
+    let mut map = serde_json::Map::new();
+    for (kind, dirs) in kinds {
+        if dirs.is_empty() {
+            continue;
+        }
+        let list: Vec<serde_json::Value> = dirs
+            .iter()
+            .map(|d| serde_json::Value::String(d.as_ref().to_string_lossy().into_owned()))
+            .collect();
+        map.insert(kind.to_string(), serde_json::Value::Array(list));
+    }
+    if map.is_empty() {
+        String::new()
+    } else {
+        serde_json::Value::Object(map).to_string()
+    }
+}
+
+fn parse_extra_model_dirs(json: &str, kind: &str) -> Vec<PathBuf> {
+    if json.is_empty() {
+        return Vec::new();
+    }
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    match map.get(kind) {
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -189,6 +242,8 @@ pub struct ExecContext<'a> {
     pub input_dir: RStr<'a>,
     /// Host callbacks.
     pub hooks: HostHooks<'a>,
+    /// Model folders besides `models_dir` ([`HostContext::extra_model_dirs`]).
+    pub extra_model_dirs: RStr<'a>,
 }
 
 impl<'a> ExecContext<'a> {
@@ -207,6 +262,7 @@ impl<'a> ExecContext<'a> {
             models_dir: RStr::from_str("models"),
             input_dir: RStr::from_str("input"),
             hooks: HostHooks::noop(),
+            extra_model_dirs: RStr::from_str(""),
         }
     }
 
@@ -218,6 +274,7 @@ impl<'a> ExecContext<'a> {
             input_dir: self.input_dir,
             output_dir: self.output_dir,
             temp_dir: self.temp_dir,
+            extra_model_dirs: self.extra_model_dirs,
         }
     }
 
@@ -298,6 +355,21 @@ mod tests {
         flag.store(true, Ordering::Relaxed);
         let err = ctx.progress(2, 10).unwrap_err();
         assert!(err.is_interrupted());
+    }
+
+    #[test]
+    fn extra_model_dirs_round_trip() {
+        let ck = [PathBuf::from("/a/ckpts"), PathBuf::from("/b/models")];
+        let none: [PathBuf; 0] = [];
+        let json = encode_extra_model_dirs([("checkpoints", &ck[..]), ("vae", &none[..])]);
+        let mut host = HostContext::detached();
+        assert!(host.extra_model_dirs("checkpoints").is_empty());
+        host.extra_model_dirs = RStr::from_str(&json);
+        assert_eq!(host.extra_model_dirs("checkpoints"), ck);
+        assert!(host.extra_model_dirs("vae").is_empty());
+        assert_eq!(encode_extra_model_dirs([("vae", &none[..])]), "");
+        host.extra_model_dirs = RStr::from_str("not json");
+        assert!(host.extra_model_dirs("checkpoints").is_empty());
     }
 
     #[test]

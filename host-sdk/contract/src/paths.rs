@@ -8,8 +8,17 @@
 //! dropped.
 //!
 //! Resolving the components under a base ([`resolve_under`], [`resolve_file_under`], [`create_dir_under`])
-//! canonicalizes the base and the result and refuses a result outside the canonical base. The [`LinkPolicy`]
-//! says what a symbolic link below the base may do.
+//! canonicalizes the base and the result and refuses a result outside the canonical base (unless the
+//! [`LinkPolicy`] lets links lead anywhere). The [`LinkPolicy`] says what a symbolic link below the base may do;
+//! folders are only ever created inside the base, whatever the policy.
+//!
+//! Confinement by role: a host's input, output and temp folders hold what arrives over the network and what nodes
+//! write, so names there resolve with [`LinkPolicy::Refuse`] or [`LinkPolicy::FollowInside`]; the models folder is
+//! curated by the user (nothing writes there), whose links — a checkpoint kept once on disk and linked from several
+//! tools — are followed ([`LinkPolicy::Follow`]). Names themselves never leave a base in any policy.
+//!
+//! [`split_annotation`] reads ComfyUI's annotated names (`name.latent [output]`), which say which of the host's
+//! folders a name belongs to.
 //!
 //! Error messages ([`PathError`]) name the path as the user gave it and what was wrong; they never show absolute
 //! paths on the machine (the variants that know them carry them as fields), so they are safe to send to an HTTP
@@ -25,6 +34,50 @@ pub enum LinkPolicy {
     Refuse,
     /// Links are followed as long as the canonical result stays inside the canonical base.
     FollowInside,
+    /// Links below the base are followed wherever they lead (a folder the user curates, such as the models
+    /// directory). The name itself still cannot leave the base (no `..`, not absolute). [`create_dir_under`] treats
+    /// it as [`LinkPolicy::FollowInside`]: nothing is ever created outside the base.
+    Follow,
+}
+
+/// One of a host's folders, as ComfyUI's annotated names (`name [output]`) and `/view?type=` call them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    /// User inputs (uploads, files to load).
+    Input,
+    /// Final outputs.
+    Output,
+    /// Temporary/preview outputs.
+    Temp,
+}
+
+impl Folder {
+    /// `input`, `output` or `temp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Folder::Input => "input",
+            Folder::Output => "output",
+            Folder::Temp => "temp",
+        }
+    }
+}
+
+/// Splits ComfyUI's folder annotation off a name, as `folder_paths.annotated_filepath` does: a name ending in
+/// `[output]`, `[input]` or `[temp]` belongs to that folder, and the annotation and one character before it (the
+/// space of `name [output]`) are removed. A name without an annotation is returned whole, with `None`.
+pub fn split_annotation(name: &str) -> (&str, Option<Folder>) {
+    for (tag, folder) in [
+        ("[output]", Folder::Output),
+        ("[input]", Folder::Input),
+        ("[temp]", Folder::Temp),
+    ] {
+        if let Some(rest) = name.strip_suffix(tag) {
+            // ComfyUI cuts one more character (the separating space); a bare `[output]` leaves an empty name.
+            let cut = rest.char_indices().last().map_or(0, |(i, _)| i);
+            return (&rest[..cut], Some(folder));
+        }
+    }
+    (name, None)
 }
 
 /// Why a name was refused or could not be resolved. `name` is always the name as the user gave it (or its
@@ -231,8 +284,8 @@ fn canonical_base(base: &Path, name: &str) -> Result<PathBuf, PathError> {
 }
 
 /// Resolves the components `parts` (each a plain name, as [`check_relative`] returns them) to an existing entry
-/// under `base`: its canonical path, which is inside the canonical base. Under [`LinkPolicy::Refuse`] no
-/// component may be a symbolic link.
+/// under `base`: its canonical path, which is inside the canonical base (under [`LinkPolicy::Follow`], wherever
+/// the links below the base lead). Under [`LinkPolicy::Refuse`] no component may be a symbolic link.
 pub fn resolve_under<S: AsRef<str>>(
     base: &Path,
     parts: &[S],
@@ -262,7 +315,7 @@ pub fn resolve_under<S: AsRef<str>>(
     let real = p
         .canonicalize()
         .map_err(|_| PathError::NotFound { name: name.clone() })?;
-    if !real.starts_with(&base_c) {
+    if links != LinkPolicy::Follow && !real.starts_with(&base_c) {
         return Err(PathError::OutsideBase {
             name,
             resolved: real,
@@ -296,6 +349,10 @@ pub fn create_dir_under<S: AsRef<str>>(
     parts: &[S],
     links: LinkPolicy,
 ) -> Result<PathBuf, PathError> {
+    let links = match links {
+        LinkPolicy::Follow => LinkPolicy::FollowInside,
+        other => other,
+    };
     let name = joined(parts);
     for p in parts {
         check_part(&name, p.as_ref())?;
@@ -505,6 +562,52 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        std::fs::remove_dir_all(&base).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn annotations_name_the_folder() {
+        assert_eq!(
+            split_annotation("a.latent [output]"),
+            ("a.latent", Some(Folder::Output))
+        );
+        assert_eq!(
+            split_annotation("sub/a.latent [input]"),
+            ("sub/a.latent", Some(Folder::Input))
+        );
+        assert_eq!(split_annotation("x [temp]"), ("x", Some(Folder::Temp)));
+        assert_eq!(split_annotation("[output]"), ("", Some(Folder::Output)));
+        assert_eq!(split_annotation("a.latent"), ("a.latent", None));
+        assert_eq!(
+            split_annotation("a[output].latent"),
+            ("a[output].latent", None)
+        );
+        // What remains is checked like any other name.
+        let (rest, _) = split_annotation("/etc/passwd [output]");
+        assert!(check_relative(rest).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn follow_lets_links_lead_anywhere_but_names_stay_inside() {
+        use std::os::unix::fs::symlink;
+        let base = tmp("follow");
+        let outside = tmp("follow-outside");
+        std::fs::write(outside.join("big.ckpt"), "w").unwrap();
+        symlink(outside.join("big.ckpt"), base.join("linked.ckpt")).unwrap();
+        symlink(&outside, base.join("shared")).unwrap();
+        let p = resolve_file_under(&base, &["linked.ckpt"], LinkPolicy::Follow).unwrap();
+        assert_eq!(p, outside.canonicalize().unwrap().join("big.ckpt"));
+        assert!(resolve_file_under(&base, &["shared", "big.ckpt"], LinkPolicy::Follow).is_ok());
+        assert!(matches!(
+            resolve_under(&base, &["..", "x"], LinkPolicy::Follow),
+            Err(PathError::ParentDir { .. })
+        ));
+        // Writing never follows a link out.
+        let e = create_dir_under(&base, &["shared", "new"], LinkPolicy::Follow).unwrap_err();
+        assert!(matches!(e, PathError::OutsideBase { .. }), "{e}");
+        assert!(!outside.join("new").exists());
         std::fs::remove_dir_all(&base).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
     }

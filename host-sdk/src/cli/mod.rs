@@ -98,8 +98,16 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DIR", default_value = "output")]
     pub output_dir: PathBuf,
     /// Where nodes read user inputs and `odelt serve` keeps uploads (/upload/image, /view?type=input).
+    /// LoadLatent reads only here: workflow names are relative to this folder (ComfyUI's
+    /// `name [output]` reads a file the output nodes wrote); to load a file from elsewhere, point
+    /// this flag at its folder.
     #[arg(long, value_name = "DIR", default_value = "input")]
     pub input_dir: PathBuf,
+    /// ComfyUI's extra_model_paths.yaml: more folders of checkpoints and VAEs, searched after
+    /// --models-dir (its `checkpoints` and `vae` entries; `base_path` and multi-line values as in
+    /// ComfyUI).
+    #[arg(long, value_name = "FILE", value_parser = parse_extra_model_paths)]
+    pub extra_model_paths: Option<odelt_host::dirs::ExtraModelDirs>,
     /// Where preview nodes write temporary files.
     #[arg(long, value_name = "DIR", default_value = "temp")]
     pub temp_dir: PathBuf,
@@ -120,6 +128,7 @@ impl ExecArgs {
             temp_dir: self.temp_dir.clone(),
             models_dir: self.models_dir.clone(),
             input_dir: self.input_dir.clone(),
+            extra_model_dirs: self.extra_model_paths.clone().unwrap_or_default(),
             ..odelt_host::ExecutorConfig::default()
         };
         if let Some(w) = self.workers {
@@ -133,6 +142,12 @@ impl ExecArgs {
     pub fn load_plugins(&self, plugins: &PluginArgs) -> Result<Arc<PluginSet>, String> {
         plugins.load(self.executor_config().host_dirs())
     }
+}
+
+/// Reads `--extra-model-paths FILE` while the command line is parsed, so a bad file is a usage
+/// error naming the file.
+fn parse_extra_model_paths(file: &str) -> Result<odelt_host::dirs::ExtraModelDirs, String> {
+    odelt_host::dirs::ExtraModelDirs::load(std::path::Path::new(file)).map_err(|e| e.to_string())
 }
 
 /// Prints the plugin search warnings (skipped libraries) to stderr.

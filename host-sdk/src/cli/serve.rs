@@ -44,7 +44,6 @@ pub fn serve(a: ServeArgs) -> ExitCode {
     let cfg = ServeConfig {
         listen: a.listen,
         executor,
-        input_dir: a.exec.input_dir.clone(),
         max_queue: a.max_queue.max(1),
         max_upload_bytes: a.max_upload_mb.max(1) << 20,
         frontend_root: a.frontend_root.clone(),

@@ -10,10 +10,9 @@ use crate::executor::ExecutorConfig;
 pub struct ServeConfig {
     /// Address to listen on (loopback by default; port 0 picks a free port).
     pub listen: SocketAddr,
-    /// The executor's settings (device, workers, output/temp/models directories, cache).
+    /// The executor's settings (device, workers, models/input/output/temp directories, cache);
+    /// its `input_dir` is ComfyUI's `input/` folder (uploads, `/view?type=input`).
     pub executor: ExecutorConfig,
-    /// ComfyUI's `input/` folder (uploads, `/view?type=input`).
-    pub input_dir: PathBuf,
     /// Most prompts waiting in the queue; more are answered 503 `queue_full`.
     pub max_queue: usize,
     /// Most history entries kept (oldest dropped first).
@@ -35,7 +34,6 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8188)),
             executor: ExecutorConfig::default(),
-            input_dir: PathBuf::from("input"),
             max_queue: 1000,
             max_history: 10_000,
             max_queue_bytes: 512 << 20,

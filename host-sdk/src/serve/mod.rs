@@ -46,7 +46,7 @@ use state::Shared;
 
 pub use config::ServeConfig;
 pub use files::{resolve_existing, PathFault};
-pub use multipart::{parse_multipart, MultipartError, Part};
+pub use multipart::{parse_disposition, Disposition, MultipartError, Part};
 pub use queue::History;
 pub use security::origin_allowed;
 
@@ -135,7 +135,7 @@ pub fn start(plugins: Arc<PluginSet>, cfg: ServeConfig) -> Result<ServerHandle, 
     for dir in [
         &cfg.executor.output_dir,
         &cfg.executor.temp_dir,
-        &cfg.input_dir,
+        &cfg.executor.input_dir,
     ] {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
             path: dir.clone(),

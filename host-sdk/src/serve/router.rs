@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/interrupt", post(prompt::interrupt))
         .route("/free", post(prompt::free))
         .route("/view", get(files::view))
-        .route("/upload/image", post(files::upload_image))
+        // The whole form within the upload limit (the handler bounds each field too).
+        .route(
+            "/upload/image",
+            post(files::upload_image).layer(DefaultBodyLimit::max(shared.cfg.max_upload_bytes)),
+        )
         .route("/system_stats", get(info::system_stats))
         .route("/models", get(info::models))
         .route("/models/{folder}", get(info::models_folder))

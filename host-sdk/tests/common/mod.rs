@@ -48,6 +48,7 @@ pub fn executor_with(workers: usize, cache_runs: u32) -> Executor {
             models_dir: out.join("models"),
             input_dir: out.join("input"),
             cache_runs,
+            ..ExecutorConfig::default()
         },
     )
 }

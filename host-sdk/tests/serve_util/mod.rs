@@ -53,8 +53,8 @@ pub fn server_with(tag: &str, tweak: impl FnOnce(&mut ServeConfig)) -> TestServe
             models_dir: dir.join("models"),
             input_dir: dir.join("input"),
             cache_runs: 1,
+            ..ExecutorConfig::default()
         },
-        input_dir: dir.join("input"),
         ..ServeConfig::default()
     };
     tweak(&mut cfg);

@@ -2,7 +2,9 @@
 //! tensor `latent_format_version_0`; files without the marker are old-format latents stored ×0.18215.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use odelt_contract::paths::{self, Folder, LinkPolicy, PathError};
 
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
@@ -23,45 +25,69 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Where LoadLatent finds `name`: an absolute path as given; a relative one under the output directory (where
-/// SaveLatent writes), then the input directory. Relative names may not contain `..`.
-pub fn resolve_latent_file(
-    output_dir: Option<&Path>,
-    input_dir: Option<&Path>,
-    name: &str,
-) -> Result<PathBuf> {
+/// The folders LoadLatent reads from: the host's input folder and, through ComfyUI's annotated names
+/// (`name [output]`, `name [temp]`), the folders the host's output nodes write.
+#[derive(Debug, Clone, Copy)]
+pub struct LatentDirs<'a> {
+    /// User inputs: where plain names are looked up.
+    pub input: &'a Path,
+    /// Final outputs (`name [output]`, where SaveLatent writes).
+    pub output: &'a Path,
+    /// Temporary outputs (`name [temp]`).
+    pub temp: &'a Path,
+}
+
+/// Where LoadLatent finds `name`, as ComfyUI's `folder_paths.get_annotated_filepath` does: a name relative to the
+/// input folder, or to the output or temp folder when annotated `[output]`/`[temp]` (`latents/a_00001_.latent
+/// [output]`). Absolute names and `..` are refused, and so is a symbolic link below the folder that leads out of
+/// it (links that stay inside are followed). Errors name the file as given and the folder by its role, never by
+/// where it is on the machine.
+pub fn resolve_latent_file(dirs: &LatentDirs<'_>, name: &str) -> Result<PathBuf> {
     if name.trim().is_empty() {
         return Err(Error::Invalid("no .latent file given".into()));
     }
-    let p = Path::new(name);
-    if p.is_absolute() {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(Error::Invalid(format!("latent file {name:?} not found")))
-        };
-    }
-    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+    let (rel, folder) = paths::split_annotation(name);
+    let folder = folder.unwrap_or(Folder::Input);
+    let base = match folder {
+        Folder::Input => dirs.input,
+        Folder::Output => dirs.output,
+        Folder::Temp => dirs.temp,
+    };
+    let role = folder.as_str();
+    let parts = paths::check_relative(rel).map_err(|e| {
+        Error::Invalid(match e {
+            PathError::Absolute { .. } => format!(
+                "latent file {name:?} is an absolute path; LoadLatent reads only from the {role} directory: give a \
+                 name relative to it (with `odelt run`, point --input-dir at the file's folder)"
+            ),
+            PathError::ParentDir { .. } => format!(
+                "latent file {name:?} contains `..`; names must stay inside the {role} directory"
+            ),
+            other => format!("latent file {other}"),
+        })
+    })?;
+    if parts.is_empty() {
         return Err(Error::Invalid(format!(
-            "latent file name {name:?} contains `..`"
+            "latent file {name:?} names no file in the {role} directory"
         )));
     }
-    let mut looked = Vec::new();
-    for dir in [output_dir, input_dir].into_iter().flatten() {
-        let cand = dir.join(p);
-        if cand.is_file() {
-            return Ok(cand);
-        }
-        looked.push(dir.display().to_string());
-    }
-    Err(Error::Invalid(format!(
-        "latent file {name:?} not found (looked in {})",
-        if looked.is_empty() {
-            "no directory: give an absolute path".to_string()
-        } else {
-            looked.join(", ")
-        }
-    )))
+    paths::resolve_file_under(base, &parts, LinkPolicy::FollowInside).map_err(|e| {
+        Error::Invalid(match e {
+            PathError::NotFound { .. } => {
+                format!("latent file {name:?} not found in the {role} directory")
+            }
+            PathError::OutsideBase { .. } | PathError::Symlink { .. } => format!(
+                "latent file {name:?} leads outside the {role} directory through a symbolic link; refused"
+            ),
+            PathError::NotAFile { .. } => {
+                format!("latent file {name:?} is not a file in the {role} directory")
+            }
+            PathError::BaseUnavailable { .. } => format!(
+                "the {role} directory is not available, so latent file {name:?} cannot be read"
+            ),
+            other => format!("latent file {other}"),
+        })
+    })
 }
 
 /// Writes `latent` (NCHW f32) with `metadata` (ComfyUI puts `prompt` and the `extra_pnginfo` entries there).
@@ -80,8 +106,11 @@ pub fn write_latent(path: &Path, latent: &Array, metadata: &[(String, String)]) 
             source,
         })?;
     }
-    safetensors::serialize_to_file([(LATENT_KEY, main), (VERSION_MARKER, marker)], meta, path)
-        .map_err(|e| file_err(path, format!("write failed: {e}")))
+    // Written under a temporary name and renamed when complete, as the PNGs are.
+    crate::pipeline::png::write_atomically(path, |tmp| {
+        safetensors::serialize_to_file([(LATENT_KEY, main), (VERSION_MARKER, marker)], meta, tmp)
+            .map_err(|e| file_err(path, format!("write failed: {e}")))
+    })
 }
 
 /// Reads a `.latent` file as NCHW f32 raw latents (old-format files are divided by 0.18215, as ComfyUI does).
@@ -179,5 +208,61 @@ mod tests {
         std::fs::write(dir.join("bad.latent"), b"nope").unwrap();
         assert!(read_latent(&dir.join("bad.latent")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+    #[test]
+    fn names_resolve_in_the_input_folder_or_the_annotated_one() {
+        let root = std::env::temp_dir().join(format!("odelt-latent-dirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (input, output, temp) = (root.join("in"), root.join("out"), root.join("tmp"));
+        for (d, f) in [
+            (&input, "sub/a.latent"),
+            (&output, "latents/b.latent"),
+            (&temp, "c.latent"),
+        ] {
+            std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        std::fs::write(root.join("secret.latent"), b"s").unwrap();
+        let dirs = LatentDirs {
+            input: &input,
+            output: &output,
+            temp: &temp,
+        };
+        let ok = |n: &str| resolve_latent_file(&dirs, n).unwrap();
+        assert!(ok("sub/a.latent").ends_with("in/sub/a.latent"));
+        assert!(ok("latents/b.latent [output]").ends_with("out/latents/b.latent"));
+        assert!(ok("c.latent [temp]").ends_with("tmp/c.latent"));
+        assert!(ok("sub/a.latent [input]").ends_with("in/sub/a.latent"));
+        let err = |n: &str| resolve_latent_file(&dirs, n).unwrap_err().to_string();
+        let abs = root.join("secret.latent").display().to_string();
+        for (name, want) in [
+            (abs.as_str(), "absolute"),
+            ("../secret.latent", "`..`"),
+            ("sub/../../secret.latent", "`..`"),
+            ("latents/b.latent", "not found in the input directory"),
+            ("b.latent [output]", "not found in the output directory"),
+            ("%2e%2e%2fsecret.latent", "not found"),
+            ("", "no .latent file"),
+            (" [output]", "names no file"),
+        ] {
+            let e = err(name);
+            assert!(e.contains(want), "{name:?}: {e}");
+            if !name.starts_with('/') {
+                assert!(
+                    !e.contains(&*root.to_string_lossy()),
+                    "no machine paths: {e}"
+                );
+            }
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(root.join("secret.latent"), input.join("link.latent"))
+                .unwrap();
+            std::os::unix::fs::symlink(input.join("sub"), input.join("inside")).unwrap();
+            let e = err("link.latent");
+            assert!(e.contains("leads outside the input directory"), "{e}");
+            assert!(ok("inside/a.latent").ends_with("in/sub/a.latent"));
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

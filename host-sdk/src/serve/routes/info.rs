@@ -139,7 +139,7 @@ pub(crate) async fn folder_paths(State(s): S) -> Response {
     let dir = |p: &std::path::Path| json!([[p.display().to_string()], []]);
     json_ok(&json!({
         "output": dir(&s.cfg.executor.output_dir),
-        "input": dir(&s.cfg.input_dir),
+        "input": dir(&s.cfg.executor.input_dir),
         "temp": dir(&s.cfg.executor.temp_dir),
         "models": dir(&s.cfg.executor.models_dir),
     }))
