@@ -267,6 +267,105 @@ pub struct BatchItem {
     pub overrides: Vec<(String, Json)>,
 }
 
+impl BatchItem {
+    /// An item from (`NODE.INPUT`, value) pairs, labelled by them (`4.seed=3 2.active_blocks=4`).
+    pub fn from_overrides(overrides: Vec<(String, Json)>) -> Self {
+        let label = overrides
+            .iter()
+            .map(|(t, v)| format!("{t}={}", compact_json(v)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        BatchItem { label, overrides }
+    }
+
+    /// A name derived from the item alone (never from its position or a counter), safe as a
+    /// file or folder name: a readable part (the overrides sorted by target, characters other
+    /// than `A-Za-z0-9._=,+-` replaced by `_`, at most 64 characters) and the 64-bit
+    /// [`stable_hash`] of the canonical overrides, e.g. `2.active_blocks=4,4.seed=3-9f86d081884c7d65`.
+    /// The same overrides give the same key on every machine and in every order; an item with
+    /// no overrides is `base-<hash>`.
+    pub fn key(&self) -> String {
+        let canon = self.canonical_overrides();
+        let readable: String = canon
+            .iter()
+            .map(|(t, v)| format!("{t}={}", compact_json(v)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut slug: String = readable
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._=,+-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if slug.is_empty() {
+            slug.push_str("base");
+        }
+        let text = serde_json::to_string(&canon).unwrap_or_default();
+        format!("{slug}-{:016x}", stable_hash(text.as_bytes()))
+    }
+
+    /// The overrides sorted by target, each value with its object keys sorted (later
+    /// duplicates of a target win, as when they are applied in order).
+    fn canonical_overrides(&self) -> Vec<(String, Json)> {
+        let mut m: std::collections::BTreeMap<String, Json> = std::collections::BTreeMap::new();
+        for (t, v) in &self.overrides {
+            m.insert(t.clone(), canonical_json(v));
+        }
+        m.into_iter().collect()
+    }
+
+    /// The base workflow with this item's overrides applied in order.
+    pub fn apply(&self, base: &Workflow) -> Result<Workflow, WorkflowError> {
+        let mut wf = base.clone();
+        for (target, v) in &self.overrides {
+            let (node, input) =
+                split_target(target).ok_or_else(|| WorkflowError::BadOverride(target.clone()))?;
+            wf.set(node, input, v.clone())?;
+        }
+        Ok(wf)
+    }
+}
+
+/// 64-bit FNV-1a: a hash that is the same on every platform and release (unlike `std`'s
+/// hashers), for names and seeds derived from items.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// `value` with every object's keys sorted (so equal values print equally).
+pub fn canonical_json(value: &Json) -> Json {
+    match value {
+        Json::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Json::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical_json(&m[k])))
+                    .collect(),
+            )
+        }
+        Json::Array(a) => Json::Array(a.iter().map(canonical_json).collect()),
+        other => other.clone(),
+    }
+}
+
+fn compact_json(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
 /// The result of one batch item.
 #[derive(Debug)]
 pub struct BatchResult {
@@ -351,15 +450,9 @@ impl Batch {
                 break;
             }
             let prompt_id = format!("{base_id}-{index}");
-            let mut wf = base.clone();
-            let applied = item.overrides.iter().try_for_each(|(target, v)| {
-                let (node, input) = split_target(target)
-                    .ok_or_else(|| WorkflowError::BadOverride(target.clone()))?;
-                wf.set(node, input, v.clone()).map(|_| ())
-            });
-            let outcome = match applied {
+            let outcome = match item.apply(base) {
                 Err(e) => Err(BatchRunError::Override(e)),
-                Ok(()) => {
+                Ok(wf) => {
                     let o = RunOptions {
                         prompt_id: Some(prompt_id.clone()),
                         ..opts.clone()
@@ -434,5 +527,32 @@ mod tests {
         let seeds = Batch::seeds("3.seed", [1, 2]).unwrap();
         assert_eq!(seeds.items[1].label, "seed=2");
         assert!(Batch::seeds("nodot", [1]).is_err());
+    }
+
+    #[test]
+    fn item_keys_come_from_the_overrides_alone() {
+        let a = BatchItem::from_overrides(vec![
+            ("4.seed".into(), json!(3)),
+            ("2.active_blocks".into(), json!(4)),
+        ]);
+        let b = BatchItem::from_overrides(vec![
+            ("2.active_blocks".into(), json!(4)),
+            ("4.seed".into(), json!(3)),
+        ]);
+        assert_eq!(a.label, "4.seed=3 2.active_blocks=4");
+        assert_eq!(a.key(), b.key());
+        assert!(a.key().starts_with("2.active_blocks=4,4.seed=3-"));
+        let c = BatchItem::from_overrides(vec![("4.seed".into(), json!(4))]);
+        assert_ne!(a.key(), c.key());
+        let odd = BatchItem::from_overrides(vec![("6.text".into(), json!("a/b c"))]);
+        assert!(odd.key().starts_with("6.text=a_b_c-"));
+        assert!(BatchItem::from_overrides(vec![]).key().starts_with("base-"));
+        // Pinned: keys name files on disk, so they must not change between releases.
+        assert_eq!(stable_hash(b"odelt"), 0xe079_58e4_ca4f_2fe9);
+        let o1 = json!({"b": 1, "a": [ {"d": 2, "c": 3} ]});
+        assert_eq!(
+            serde_json::to_string(&canonical_json(&o1)).unwrap(),
+            r#"{"a":[{"c":3,"d":2}],"b":1}"#
+        );
     }
 }

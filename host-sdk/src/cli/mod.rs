@@ -1,5 +1,6 @@
 //! Command-line front end over `odelt_host`.
 
+mod batch;
 mod nodes;
 mod progress;
 mod run;
@@ -51,6 +52,9 @@ enum Command {
         after_help = "Examples:\n  odelt serve\n  odelt serve --listen 127.0.0.1:8188 --plugins target/release/libodelt_plugin.so --models-dir ~/models --output-dir out\n\nOpen http://127.0.0.1:8188/ for the editor; ComfyUI clients use the same address."
     )]
     Serve(serve::ServeArgs),
+    /// Run a workflow for many items (manifest or sweep), sharded and resumable; status; merge.
+    #[command(after_help = batch::AFTER_HELP)]
+    Batch(batch::BatchArgs),
 }
 
 /// Where plugins come from (shared by subcommands).
@@ -173,5 +177,6 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Nodes(a) => nodes::nodes(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Batch(a) => batch::batch(a),
     }
 }
