@@ -52,8 +52,72 @@ fn run_prints_outputs_and_applies_overrides() {
         "-q",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The default output is a short summary for a person.
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], "node 3 text: 13");
+    assert!(
+        lines[1].starts_with("3 nodes ran in ") && lines[1].ends_with(" s, none cached"),
+        "{text}"
+    );
+
+    // --json: the full result.
+    let o = odelt(&[
+        "run",
+        wf.to_str().unwrap(),
+        "--plugins",
+        plugin.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "1.value=10",
+        "-q",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["outputs"]["3"]["text"], json!(["13"]));
+    let keys: Vec<&str> = report
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["prompt_id", "outputs", "executed", "cached", "elapsed_ms"]
+    );
+    assert_eq!(report["executed"].as_array().unwrap().len(), 3);
+}
+
+/// The summary names the image files by folder, first ... last, and fits on a screen.
+#[test]
+fn run_summary_names_the_written_files() {
+    let wf = write_wf(json!({
+        "1": {"class_type": "GradientImage", "inputs": {"width": 8, "height": 8, "batch": 5}},
+        "2": {"class_type": "TestSaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "img"}}
+    }));
+    let out_dir = temp_dir("cli-sum");
+    let o = odelt(&[
+        "run",
+        wf.to_str().unwrap(),
+        "--plugins",
+        test_plugin().to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("5 images in {}/ (img_", out_dir.display())),
+        "{text}"
+    );
+    assert!(lines[0].contains(" ... "), "{text}");
+    assert!(lines[1].starts_with("2 nodes ran in "), "{text}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use odelt_host::{CancelToken, Executor, RunError, RunOptions, Workflow};
-use serde_json::json;
+use serde_json::{json, Value as Json};
 
 use super::progress::ProgressDisplay;
 use super::{
@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// Print the full result as JSON ({prompt_id, outputs, executed, cached, elapsed_ms})
+    /// instead of the short summary.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `odelt run`.
@@ -67,25 +71,46 @@ pub fn run(a: RunArgs) -> ExitCode {
     let display = ProgressDisplay::new(a.quiet);
     let result = wf.run(&exec, &RunOptions::default(), &display, &cancel);
     display.finish();
-    let code = report(result);
+    let dirs = Dirs {
+        output: a.exec.output_dir.clone(),
+        temp: a.exec.temp_dir.clone(),
+        input: a.exec.input_dir.clone(),
+    };
+    let code = report(result, a.json, &dirs);
     print_warnings(&plugins);
     code
 }
 
-fn report(result: Result<odelt_host::RunOutcome, odelt_host::BatchRunError>) -> ExitCode {
+/// Where files of each `type` of a UI output live.
+struct Dirs {
+    output: PathBuf,
+    temp: PathBuf,
+    input: PathBuf,
+}
+
+fn report(
+    result: Result<odelt_host::RunOutcome, odelt_host::BatchRunError>,
+    as_json: bool,
+    dirs: &Dirs,
+) -> ExitCode {
     match result {
         Ok(outcome) => {
-            let report = json!({
-                "prompt_id": outcome.prompt_id,
-                "outputs": outcome.ui_outputs(),
-                "executed": outcome.executed,
-                "cached": outcome.cached,
-                "elapsed_ms": outcome.elapsed.as_millis() as u64,
-            });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
+            let ui = outcome.ui_outputs();
+            if as_json {
+                let report = json!({
+                    "prompt_id": outcome.prompt_id,
+                    "outputs": ui,
+                    "executed": outcome.executed,
+                    "cached": outcome.cached,
+                    "elapsed_ms": outcome.elapsed.as_millis() as u64,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", summary(&outcome, &ui, dirs));
+            }
             ExitCode::SUCCESS
         }
         Err(odelt_host::BatchRunError::Prompt(e)) => {
@@ -101,5 +126,118 @@ fn report(result: Result<odelt_host::RunOutcome, odelt_host::BatchRunError>) -> 
             RunError::Node { .. } => fail(EXIT_NODE_ERROR, &e.to_string(), None),
             RunError::Interrupted { .. } => fail(EXIT_INTERRUPTED, &e.to_string(), None),
         },
+    }
+}
+
+/// The human summary: the files written, by output node and folder; other outputs (text) by node; then how
+/// many nodes ran, how long it took and which nodes came from the cache.
+fn summary(outcome: &odelt_host::RunOutcome, ui: &Json, dirs: &Dirs) -> String {
+    // (output node, folder) -> file names, in order.
+    let mut folders: Vec<(&str, PathBuf, Vec<String>)> = Vec::new();
+    let mut other = Vec::new();
+    for (node, out) in ui.as_object().into_iter().flatten() {
+        for (key, value) in out.as_object().into_iter().flatten() {
+            let files = value.as_array().filter(|items| {
+                !items.is_empty() && items.iter().all(|f| f.get("filename").is_some())
+            });
+            if let Some(files) = files {
+                for f in files {
+                    let dir = file_dir(f, dirs);
+                    let name = f["filename"].as_str().unwrap_or("?").to_string();
+                    match folders.iter_mut().find(|(n, d, _)| n == node && *d == dir) {
+                        Some((_, _, names)) => names.push(name),
+                        None => folders.push((node, dir, vec![name])),
+                    }
+                }
+            } else {
+                other.push(format!("node {node} {key}: {}", short_value(value)));
+            }
+        }
+    }
+    let mut s = String::new();
+    for (_, dir, names) in &folders {
+        let what = if names.iter().all(|n| is_image(n)) {
+            "image"
+        } else {
+            "file"
+        };
+        let plural = if names.len() == 1 { "" } else { "s" };
+        let list = if names.len() <= 3 {
+            names.join(", ")
+        } else {
+            format!("{} ... {}", names[0], names[names.len() - 1])
+        };
+        s += &format!(
+            "{} {what}{plural} in {}{} ({list})\n",
+            names.len(),
+            dir.display(),
+            std::path::MAIN_SEPARATOR
+        );
+    }
+    for line in &other {
+        s += line;
+        s.push('\n');
+    }
+    if folders.is_empty() && other.is_empty() {
+        s += "no outputs\n";
+    }
+    let ran = outcome.executed.len();
+    s += &format!(
+        "{ran} node{} ran in {}",
+        if ran == 1 { "" } else { "s" },
+        seconds(outcome.elapsed)
+    );
+    if outcome.cached.is_empty() {
+        s += ", none cached\n";
+    } else {
+        s += &format!(", cached: {}\n", outcome.cached.join(", "));
+    }
+    s
+}
+
+fn file_dir(f: &Json, dirs: &Dirs) -> PathBuf {
+    let base = match f["type"].as_str().unwrap_or("output") {
+        "temp" => &dirs.temp,
+        "input" => &dirs.input,
+        _ => &dirs.output,
+    };
+    match f["subfolder"].as_str().filter(|s| !s.is_empty()) {
+        Some(sub) => base.join(sub),
+        None => base.clone(),
+    }
+}
+
+fn is_image(name: &str) -> bool {
+    let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    matches!(ext.as_str(), "png" | "jpg" | "jpeg" | "webp" | "gif")
+}
+
+/// One line at most: strings as they are, a list of strings joined, else compact JSON.
+fn short_value(v: &Json) -> String {
+    let text = match v {
+        Json::String(s) => s.clone(),
+        Json::Array(items) if items.iter().all(Json::is_string) => items
+            .iter()
+            .filter_map(Json::as_str)
+            .collect::<Vec<_>>()
+            .join(" | "),
+        _ => v.to_string(),
+    };
+    let one_line = text.replace('\n', " ");
+    if one_line.chars().count() > 100 {
+        format!("{}...", one_line.chars().take(97).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+fn seconds(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{s:.2} s")
+    } else if s < 120.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{}m {:02}s", d.as_secs() / 60, d.as_secs() % 60)
     }
 }
