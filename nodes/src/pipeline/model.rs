@@ -366,7 +366,6 @@ pub fn inspect_config(models_dir: &Path, opts: &LoaderOptions) -> Result<Option<
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
 
     /// A small pixel-space configuration (lengths 2, 4, 6).
     pub(crate) fn small_config() -> DitConfig {

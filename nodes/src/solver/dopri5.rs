@@ -354,6 +354,8 @@ mod tests {
     /// from `diffeqsolve(ODETerm(f), Dopri5(), t0=0.0, t1=1.0, dt0=None, y0,
     /// stepsize_controller=PIDController(rtol=tol, atol=tol), saveat=SaveAt(steps=True))` and `sol.stats`.
     #[test]
+    // The reference values as diffrax printed them, one tuple per case.
+    #[allow(clippy::excessive_precision, clippy::type_complexity)]
     fn matches_diffrax_step_for_step() {
         type Field = fn(f64, &Tensor, f64) -> Result<Tensor>;
         let y_decay = [1.0f32, -2.0, 0.5, 3.0];

@@ -147,16 +147,8 @@ pub fn build_batch<R: Rng>(
             x1.len()
         )));
     }
-    let nb = if obj.bootstrap_every > 0 {
-        b / obj.bootstrap_every
-    } else {
-        0
-    };
-    let nl = if obj.length_bootstrap_every > 0 {
-        b / obj.length_bootstrap_every
-    } else {
-        0
-    };
+    let nb = b.checked_div(obj.bootstrap_every).unwrap_or(0);
+    let nl = b.checked_div(obj.length_bootstrap_every).unwrap_or(0);
     if nb + nl > b {
         return Err(Error::invalid("batch too small for its bootstrap rows"));
     }
@@ -190,8 +182,7 @@ pub fn build_batch<R: Rng>(
 
     let mut xt = vec![0f32; b * n];
     let mut target = vec![0f32; b * n];
-    for i in 0..b {
-        let ti = t[i];
+    for (i, &ti) in t.iter().enumerate().take(b) {
         for k in 0..n {
             let j = i * n + k;
             xt[j] = (1.0 - ti) * x0[j] + ti * x1[j];
@@ -363,12 +354,13 @@ mod tests {
             }
         }
         assert!(
-            y[2..].iter().any(|&v| v == 3),
+            y[2..].contains(&3),
             "some labels dropped at p=0.5"
         );
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // rows are indexed like the batch layout they check
     fn targets_follow_their_definitions() {
         let cfg = tiny();
         let teacher = model(&cfg, 2);

@@ -203,7 +203,7 @@ impl VaeWeights {
                 self.layout
             )));
         };
-        if !accepted.iter().any(|s| *s == found) {
+        if !accepted.contains(&found) {
             return Err(self.err(format!(
                 "VAE weight `{name}` has shape {found:?} but the configuration expects {:?}{} — \
                  wrong VAE for this configuration (block_out_channels / latent_channels differ?)",
