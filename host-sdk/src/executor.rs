@@ -8,7 +8,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{ROption, RStr};
@@ -203,6 +203,8 @@ impl RunOutcome {
 /// Runs prompts against a set of loaded plugins.
 pub struct Executor {
     plugins: Arc<PluginSet>,
+    /// `plugins` as last described for this executor's directories ([`Executor::refresh`]).
+    current: RwLock<Arc<PluginSet>>,
     config: ExecutorConfig,
     host: HostStrings,
     cache: Mutex<OutputCache>,
@@ -333,6 +335,7 @@ impl Executor {
         Executor {
             cache: Mutex::new(OutputCache::new(config.cache_runs)),
             host: HostStrings::of(&dirs),
+            current: RwLock::new(plugins.clone()),
             plugins,
             config,
             device_locks: Mutex::new(HashMap::new()),
@@ -340,9 +343,35 @@ impl Executor {
         }
     }
 
-    /// The loaded plugins.
+    /// The loaded plugins, as described when the executor was made (their combo lists may have
+    /// gone stale since: [`Executor::current_plugins`] has the latest description).
     pub fn plugins(&self) -> &Arc<PluginSet> {
         &self.plugins
+    }
+
+    /// The plugins as last described ([`Executor::refresh`]): the same plugins and nodes as
+    /// [`Executor::plugins`], with combo lists as of the last `/object_info` or validation.
+    pub fn current_plugins(&self) -> Arc<PluginSet> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Describes the plugins again for this executor's directories, so that combo lists show
+    /// the files there now (an image just uploaded to the input directory, a checkpoint just
+    /// copied in), and returns that description. Done by [`Executor::object_info`] and before
+    /// every validation; cheap (plugins list their directories). Should a plugin fail to
+    /// describe itself, the last description stays.
+    pub fn refresh(&self) -> Arc<PluginSet> {
+        match self.plugins.with_host(self.config.host_dirs()) {
+            Ok(set) => {
+                let set = Arc::new(set);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = set.clone();
+                set
+            }
+            Err(_) => self.current_plugins(),
+        }
     }
 
     /// The configuration.
@@ -350,16 +379,16 @@ impl Executor {
         &self.config
     }
 
-    /// `/object_info` for every loaded node.
+    /// `/object_info` for every loaded node, described anew ([`Executor::refresh`]).
     pub fn object_info(&self) -> Json {
-        self.plugins.object_info()
+        self.refresh().object_info()
     }
 
     /// Validates a prompt without running it.
     pub fn validate(&self, prompt: &Prompt, opts: &RunOptions) -> Result<Plan, ValidationFailure> {
         validate(
             prompt,
-            &self.plugins,
+            &self.refresh(),
             &ValidateOptions {
                 targets: opts.targets.clone(),
                 partial: opts.partial,

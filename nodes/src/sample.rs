@@ -122,6 +122,19 @@ pub enum Start<'a> {
     Noised(&'a Tensor),
     /// `x` (NHWC `[B, S, S, C]`) itself at `t = opts.t_start`: no noise is drawn and the seed is unused.
     Given(&'a Tensor),
+    /// Masked sampling (inpainting) of `source` (NHWC `[B, S, S, C]`, model space) with `mask` (`[B, S, S, 1]`
+    /// f32 in [0, 1]; 1 = sample, 0 = keep). With `noise` the batch's seeded noise `z` is drawn as for
+    /// [`Start::Noised`]; without it `z = 0` and the seed is unused (ComfyUI's `add_noise` off). The start is
+    /// `m·x_in + (1 − m)·((1 − t)·z + t·source)` at `t = opts.t_start`, where `x_in` is the start of
+    /// [`Start::Noised`] (with noise) or `source` itself (without). At every evaluation the velocity is
+    /// `m·v + (1 − m)·(source − z)`: outside the mask the state follows the source's flow path exactly (a
+    /// straight line, which every solver integrates exactly), inside the model samples; where `m = 0` the result
+    /// is the source itself. With a mask of ones and noise this is [`Start::Noised`] (up to float rounding).
+    Masked {
+        source: &'a Tensor,
+        mask: &'a Tensor,
+        noise: bool,
+    },
 }
 
 /// One seeded batch: what [`sample_seeded`] samples.
@@ -254,6 +267,49 @@ pub fn sample_seeded(
             check(x)?;
             x.clone()
         }
+        Start::Masked {
+            source,
+            mask,
+            noise,
+        } => {
+            check(source)?;
+            let want = [b, cfg.input_size, cfg.input_size, 1];
+            if mask.dims() != want {
+                return Err(Error::invalid(format!(
+                    "the noise mask has shape {:?} but the batch needs {want:?} (NHWC, one channel)",
+                    mask.dims()
+                )));
+            }
+            let source = source.to_dtype(DType::F32)?;
+            let mask = mask.to_dtype(DType::F32)?;
+            let z = if noise {
+                noise_from(&shape, batch.seed, batch.first, model.device())?
+            } else {
+                Tensor::zeros(&shape, DType::F32, model.device())?
+            };
+            let path = noised_start(&source, &z, t_start)?;
+            let inside = if noise { path.clone() } else { source.clone() };
+            let x_start = blend(&inside, &path, &mask)?;
+            let inpaint = Inpaint {
+                keep_velocity: (&source - &z)?,
+                keep_exact: mask.eq(0f32)?.to_dtype(DType::F32)?.broadcast_as(&shape)?,
+                source,
+                mask,
+            };
+            let (x1, stats) = integrate_with(
+                model,
+                &x_start,
+                batch.labels,
+                &batch.opts,
+                batch.step_code,
+                Some(&inpaint),
+                hook,
+            )?;
+            // Where the mask is 0 the path ends at the source: take it exactly (no rounding of the steps).
+            let k = &inpaint.keep_exact;
+            let x1 = ((&x1 * (1.0 - k)?)? + (&inpaint.source * k)?)?;
+            return Ok((x1, stats));
+        }
     };
     integrate(
         model,
@@ -263,6 +319,23 @@ pub fn sample_seeded(
         batch.step_code,
         hook,
     )
+}
+
+/// `m·a + (1 − m)·b` with `m` `[B, S, S, 1]` broadcast over the channels.
+fn blend(a: &Tensor, b: &Tensor, m: &Tensor) -> Result<Tensor> {
+    Ok(((a - b)?.broadcast_mul(m)? + b)?)
+}
+
+/// What masked sampling needs at every evaluation.
+struct Inpaint {
+    /// The source (model space, NHWC).
+    source: Tensor,
+    /// `[B, S, S, 1]` in [0, 1].
+    mask: Tensor,
+    /// `source − z`: the velocity of the source's flow path.
+    keep_velocity: Tensor,
+    /// 1 where the mask is exactly 0, broadcast to the state's shape.
+    keep_exact: Tensor,
 }
 
 /// Integrates the guided model at its active length (set with [`Dit::with_length`]) from `x_start` (NHWC f32
@@ -285,6 +358,7 @@ struct Field<'a, 'm> {
     guided: Guided<'m>,
     step_code: Option<f64>,
     last_v: &'a RefCell<Option<Tensor>>,
+    inpaint: Option<&'a Inpaint>,
 }
 
 impl VelocityField for Field<'_, '_> {
@@ -292,6 +366,10 @@ impl VelocityField for Field<'_, '_> {
         let v = self
             .guided
             .velocity(t, x, self.step_code.unwrap_or(dt_base))?;
+        let v = match self.inpaint {
+            Some(ip) => blend(&v, &ip.keep_velocity, &ip.mask)?,
+            None => v,
+        };
         *self.last_v.borrow_mut() = Some(v.clone());
         Ok(v)
     }
@@ -321,6 +399,18 @@ fn integrate(
     step_code: Option<f64>,
     hook: &mut dyn SampleHook,
 ) -> Result<(Tensor, SolveStats)> {
+    integrate_with(model, x_start, labels, opts, step_code, None, hook)
+}
+
+fn integrate_with(
+    model: &Dit,
+    x_start: &Tensor,
+    labels: &Tensor,
+    opts: &SampleOptions,
+    step_code: Option<f64>,
+    inpaint: Option<&Inpaint>,
+    hook: &mut dyn SampleHook,
+) -> Result<(Tensor, SolveStats)> {
     if let Some(d) = step_code.filter(|d| !d.is_finite()) {
         return Err(Error::invalid(format!("step code must be finite, got {d}")));
     }
@@ -329,6 +419,7 @@ fn integrate(
         guided: Guided::new(model, labels, opts.cfg)?,
         step_code,
         last_v: &last_v,
+        inpaint,
     };
     let mut relay = Relay {
         hook,
@@ -489,6 +580,106 @@ mod tests {
             ..base
         };
         assert!(sample_seeded(&m, &b, &mut ()).is_err());
+    }
+
+    #[test]
+    fn masked_sampling_keeps_the_source_outside_and_samples_inside() {
+        let m = tiny_model().with_length(2).unwrap();
+        let dev = Device::Cpu;
+        let y = Tensor::new(&[0u32, 3], &dev).unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let source = Tensor::from_vec(
+            (0..32)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect::<Vec<f32>>(),
+            (2, 4, 4, 1),
+            &dev,
+        )
+        .unwrap();
+        // Left half sampled (1), right half kept (0).
+        let mvals: Vec<f32> = (0..32).map(|i| if i % 4 < 2 { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mvals.clone(), (2, 4, 4, 1), &dev).unwrap();
+        let opts = SampleOptions {
+            t_start: 0.4,
+            ..SampleOptions::new(Solver::Heun { steps: 3 })
+        };
+        let z = v(&noise(&[2, 4, 4, 1], 11, &dev).unwrap());
+        let src = v(&source);
+        let batch = SeededBatch {
+            start: Start::Masked {
+                source: &source,
+                mask: &mask,
+                noise: true,
+            },
+            ..SeededBatch::new(11, &y, opts)
+        };
+        // At every evaluation the kept half lies on the source's flow path.
+        let mut worst = 0f32;
+        let mut hook = |e: &SampleEvent<'_>| {
+            let x = e.eval.x.flatten_all()?.to_vec1::<f32>()?;
+            let t = e.eval.t as f32;
+            for i in (0..32).filter(|&i| mvals[i] == 0.0) {
+                worst = worst.max((x[i] - ((1.0 - t) * z[i] + t * src[i])).abs());
+            }
+            Ok(())
+        };
+        let (x1, _) = sample_seeded(&m, &batch, &mut hook).unwrap();
+        assert!(worst < 1e-5, "off the path by {worst}");
+        let out = v(&x1);
+        for i in 0..32 {
+            if mvals[i] == 0.0 {
+                assert_eq!(out[i], src[i], "kept value {i}");
+            }
+        }
+        // Inside, the model sampled: the values moved away from the source.
+        let inside: f32 = (0..32)
+            .filter(|&i| mvals[i] == 1.0)
+            .map(|i| (out[i] - src[i]).abs())
+            .sum();
+        assert!(inside > 1e-3);
+        // A mask of ones is img2img.
+        let ones = Tensor::ones((2, 4, 4, 1), DType::F32, &dev).unwrap();
+        let all = SeededBatch {
+            start: Start::Masked {
+                source: &source,
+                mask: &ones,
+                noise: true,
+            },
+            ..batch
+        };
+        let plain = SeededBatch {
+            start: Start::Noised(&source),
+            ..batch
+        };
+        let a = v(&sample_seeded(&m, &all, &mut ()).unwrap().0);
+        let b = v(&sample_seeded(&m, &plain, &mut ()).unwrap().0);
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{d}");
+        // Without noise and a mask of zeros the result is the source; a mask of the wrong shape is refused.
+        let zeros = Tensor::zeros((2, 4, 4, 1), DType::F32, &dev).unwrap();
+        let keep = SeededBatch {
+            start: Start::Masked {
+                source: &source,
+                mask: &zeros,
+                noise: false,
+            },
+            ..batch
+        };
+        assert_eq!(v(&sample_seeded(&m, &keep, &mut ()).unwrap().0), src);
+        let wrong = Tensor::zeros((1, 4, 4, 1), DType::F32, &dev).unwrap();
+        let bad = SeededBatch {
+            start: Start::Masked {
+                source: &source,
+                mask: &wrong,
+                noise: true,
+            },
+            ..batch
+        };
+        assert!(sample_seeded(&m, &bad, &mut ()).is_err());
     }
 
     #[test]

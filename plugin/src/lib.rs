@@ -16,6 +16,10 @@
 //! | `ODEtDecode` | [`decode`] | samples, (vae) → IMAGE |
 //! | `SaveImage`, `PreviewImage` | [`save_image`] | images, filename_prefix → (PNG files) |
 //! | `LoadLatent` / `SaveLatent` | [`latent_files`] | latent / samples, filename_prefix → LATENT / (.latent file) |
+//! | `LoadImage` | [`load_image`] | image → IMAGE, MASK |
+//! | `ImageScale` | [`image_scale`] | image, upscale_method, width, height, crop, color, (model, vae, mask) → IMAGE, MASK |
+//! | `ODEtEncode` | [`encode`] | pixels, model, mode, seed, (vae) → LATENT |
+//! | `SetLatentNoiseMask` | [`noise_mask`] | samples, mask → LATENT (with a noise mask for the sampler) |
 //!
 //! Checkpoint and VAE choices are listed from the models directory the host names in its
 //! [`HostContext`](odelt_contract::HostContext), each time the host asks for the descriptors. Validation follows
@@ -26,7 +30,11 @@ mod convert;
 pub mod decode;
 pub mod depth_selector;
 pub mod empty_latent;
+pub mod encode;
+pub mod image_scale;
 pub mod latent_files;
+pub mod load_image;
+pub mod noise_mask;
 pub mod sampler;
 pub mod save_image;
 pub mod upstream;
@@ -56,7 +64,14 @@ pub fn nodes() -> NodeRegistry {
         .add::<save_image::PreviewImage>()
         .add::<latent_files::LoadLatent>()
         .add::<latent_files::SaveLatent>()
-        .on_free(|_unload_models| odelt_nodes::pipeline::free_memory());
+        .add::<load_image::LoadImage>()
+        .add::<image_scale::ImageScale>()
+        .add::<encode::Encode>()
+        .add::<noise_mask::SetLatentNoiseMask>()
+        .on_free(|_unload_models| {
+            odelt_nodes::pipeline::free_memory();
+            noise_mask::prune();
+        });
     r
 }
 
@@ -73,7 +88,7 @@ mod tests {
         let r = nodes();
         let info = r.object_info();
         let names: Vec<&String> = info.as_object().unwrap().keys().collect();
-        assert_eq!(names.len(), 10, "{names:?}");
+        assert_eq!(names.len(), 14, "{names:?}");
         for (class, n) in info.as_object().unwrap() {
             for section in ["required", "optional"] {
                 if let Some(m) = n["input"][section].as_object() {

@@ -4,13 +4,15 @@ use odelt_contract::{
     types::LATENT, ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo,
     NodeOutput, PreviewImage, Validation, ValidationIssue,
 };
-use odelt_nodes::pipeline::sampler::{check_class_label, parse_class_labels, Progress};
-use odelt_nodes::pipeline::{class, run_sampler, ModelHandle, SamplerSettings};
+use odelt_nodes::pipeline::sampler::{
+    check_class_label, parse_class_labels, run_sampler_masked, Progress,
+};
+use odelt_nodes::pipeline::{class, ModelHandle, SamplerSettings};
 use odelt_nodes::solver::{SolverKind, SOLVER_NAMES};
 
 use crate::convert::{array_of, input_error, issue, node_error, tensor_of};
 use crate::types::MODEL;
-use crate::upstream;
+use crate::{noise_mask, upstream};
 
 /// The sampler node.
 pub struct Sampler;
@@ -59,7 +61,7 @@ impl Node for Sampler {
             .required("model", InputSpec::new(MODEL).tooltip("The model (set its length with ODE_l Depth Selector)."))
             .required(
                 "latent_image",
-                InputSpec::new(LATENT).tooltip("Gives the batch size and shape; its values are the img2img source when denoise < 1, or the starting point itself when add_noise is off."),
+                InputSpec::new(LATENT).tooltip("Gives the batch size and shape; its values are the img2img source when denoise < 1, or the starting point itself when add_noise is off. With a noise mask (Set Latent Noise Mask) only the masked region is sampled; the rest follows the source's flow path and ends at the source."),
             )
             .required(
                 "seed",
@@ -114,7 +116,22 @@ impl Node for Sampler {
 
     fn run(inputs: &Inputs<'_>, ctx: &ExecContext<'_>) -> Result<NodeOutput, NodeError> {
         let m = inputs.handle_as::<ModelHandle>("model")?;
-        let latent = array_of("latent_image", inputs.tensor("latent_image")?)?;
+        let latent_buf = inputs.tensor_arc("latent_image")?;
+        let latent = array_of("latent_image", &latent_buf)?;
+        let mask = noise_mask::mask_of(&latent_buf);
+        if mask.is_none()
+            && noise_mask::linked_to_noise_mask(
+                ctx.prompt_json.as_str(),
+                ctx.node_id.as_str(),
+                "latent_image",
+            )
+        {
+            return Err(NodeError::invalid_input(
+                "latent_image",
+                "the LATENT comes from Set Latent Noise Mask but its noise mask did not arrive with it (the host \
+                 copied the latent on its way); refusing to sample the whole picture",
+            ));
+        }
         let settings = settings(inputs)?;
         ctx.text(&format!("sampling at length {}", m.length));
         let mut on_progress = |p: Progress<'_>| {
@@ -128,8 +145,18 @@ impl Node for Sampler {
             };
             r.is_ok()
         };
-        let out = run_sampler(m, ctx.device.as_str(), &latent, &settings, &mut on_progress)
-            .map_err(node_error)?;
+        if mask.is_some() {
+            ctx.text("sampling inside the noise mask");
+        }
+        let out = run_sampler_masked(
+            m,
+            ctx.device.as_str(),
+            &latent,
+            mask.as_deref(),
+            &settings,
+            &mut on_progress,
+        )
+        .map_err(node_error)?;
         Ok(NodeOutput::new().with(tensor_of(&out)?))
     }
 

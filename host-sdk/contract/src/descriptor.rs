@@ -32,6 +32,8 @@ pub mod types {
     pub const IMAGE: &str = "IMAGE";
     /// `[B, C, H, W]` f32 latent.
     pub const LATENT: &str = "LATENT";
+    /// `[B, H, W]` f32 in 0..1 (ComfyUI's MASK: 1 = masked, e.g. 1 − alpha; "sample here" for a noise mask).
+    pub const MASK: &str = "MASK";
 }
 
 /// The type part of an input spec: a type name, or the list of choices of a combo.

@@ -7,6 +7,9 @@
 //! - [`sampler`]: the sampler (LATENT in raw VAE space, NCHW; the model's latent scale applied on the way in and
 //!   out), empty latents, labels.
 //! - [`vae`]: the VAE value and decoding; [`image`]: pixel-space decoding and previews.
+//! - [`load_image`]: LoadImage (PNG, JPEG, WebP from the input directory → IMAGE and MASK); [`image_scale`]:
+//!   resizing, crop/pad, grey/RGB; [`encode`]: IMAGE → LATENT (pixels directly, latent models through the VAE's
+//!   encoder); [`noise_mask`]: masks on LATENTs and their resampling to the latent's size (masked sampling).
 //! - [`png`]: SaveImage/PreviewImage files (ComfyUI names, `prompt`/`workflow` text chunks);
 //!   [`latent_file`]: ComfyUI `.latent` files (and where LoadLatent finds them).
 //!
@@ -15,10 +18,14 @@
 
 pub mod array;
 pub mod device;
+pub mod encode;
 pub mod image;
+pub mod image_scale;
 pub mod latent_file;
+pub mod load_image;
 pub mod model;
 pub mod models_dir;
+pub mod noise_mask;
 pub mod png;
 pub mod sampler;
 pub mod vae;
@@ -51,6 +58,14 @@ pub mod class {
     pub const LOAD_LATENT: &str = "LoadLatent";
     /// LATENT → `.latent` file.
     pub const SAVE_LATENT: &str = "SaveLatent";
+    /// Image file in the input directory → IMAGE, MASK.
+    pub const LOAD_IMAGE: &str = "LoadImage";
+    /// IMAGE (+ MASK) → IMAGE, MASK of another size.
+    pub const IMAGE_SCALE: &str = "ImageScale";
+    /// IMAGE (+ VAE) → LATENT.
+    pub const ENCODE: &str = "ODEtEncode";
+    /// LATENT + MASK → LATENT with a noise mask.
+    pub const SET_NOISE_MASK: &str = "SetLatentNoiseMask";
 }
 
 /// Drops every cached built model and VAE decoder (the host's "free memory"); the handles stay valid and rebuild
@@ -58,4 +73,5 @@ pub mod class {
 pub fn free_memory() {
     model::free_built_models();
     vae::free_vae_decoders();
+    encode::free_vae_encoders();
 }

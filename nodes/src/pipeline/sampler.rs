@@ -5,10 +5,12 @@
 use super::array::{nchw_to_nhwc, nhwc_to_nchw, Array};
 use super::image::{preview_nhwc, Rgb8};
 use super::model::ModelHandle;
+use super::noise_mask::mask_for_latent;
 use crate::config::DitConfig;
 use crate::error::{Error, Result};
 use crate::sample::{self, SampleEvent, SampleOptions, SeededBatch, Start};
 use crate::solver::{Solver, SolverKind};
+use candle_core::Tensor;
 
 /// The sampler's settings (the node's widgets).
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +137,21 @@ pub fn run_sampler(
     settings: &SamplerSettings,
     on_progress: &mut dyn FnMut(Progress<'_>) -> bool,
 ) -> Result<Array> {
+    run_sampler_masked(model, device_name, latent, None, settings, on_progress)
+}
+
+/// [`run_sampler`] with an optional noise mask (a MASK `[B, H, W]` or `[H, W]`, 1 = sample, 0 = keep; resampled
+/// to the latent's size by [`mask_for_latent`]): outside the mask the result is `latent` itself, and during
+/// sampling the state there follows `latent`'s flow path `(1 − t)·noise + t·latent` (noise = the seed's, or 0
+/// with `add_noise` off); see [`Start::Masked`]. `None` is [`run_sampler`], the same samples bit for bit.
+pub fn run_sampler_masked(
+    model: &ModelHandle,
+    device_name: &str,
+    latent: &Array,
+    noise_mask: Option<&Array>,
+    settings: &SamplerSettings,
+    on_progress: &mut dyn FnMut(Progress<'_>) -> bool,
+) -> Result<Array> {
     let cfg = model.config().clone();
     check_latent_shape(&latent.shape, &cfg)?;
     if !(0.0..=1.0).contains(&settings.denoise) || settings.denoise.is_nan() {
@@ -150,14 +167,26 @@ pub fn run_sampler(
     let dev = dit.device().clone();
     let labels = sample::labels(&labels, cfg.num_classes, &dev)?;
     let x = nchw_to_nhwc(latent, cfg.latent_scale, &dev)?;
+    let mask = match noise_mask {
+        Some(m) => {
+            let s = cfg.input_size;
+            let m = mask_for_latent(m, b, s, s)?;
+            Some(Tensor::from_vec(m.data, (b, s, s, 1), &dev)?)
+        }
+        None => None,
+    };
     let batch = SeededBatch {
         seed: settings.seed,
         first: 0,
         labels: &labels,
-        start: if settings.add_noise {
-            Start::Noised(&x)
-        } else {
-            Start::Given(&x)
+        start: match &mask {
+            Some(mask) => Start::Masked {
+                source: &x,
+                mask,
+                noise: settings.add_noise,
+            },
+            None if settings.add_noise => Start::Noised(&x),
+            None => Start::Given(&x),
         },
         opts: SampleOptions {
             solver,

@@ -123,6 +123,11 @@ impl VaeHandle {
         &self.name
     }
 
+    /// The VAE file (resolved inside the models directory).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The configuration.
     pub fn config(&self) -> &VaeConfig {
         &self.config
