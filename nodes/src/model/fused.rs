@@ -8,8 +8,8 @@
 //! - [`ln_modulate`]: `LayerNorm(x) * (1 + scale[b]) + shift[b]` (one read of `x`, one write);
 //! - [`add_bias_`]: `y += bias`, optionally followed by tanh-GELU, in place;
 //! - [`gated_residual_`]: `y = x + gate[b] * (y + bias)`, in place on the projection output `y`;
-//! - [`softmax_last_dim_`]: the attention softmax in place with the polynomial `exp`;
-//! - [`merge_heads`]: per-sample attention outputs `[heads, T, hd]` → `[B, T, heads*hd]` in one copy.
+//! - [`attention`]: multi-head attention on the fused `[q | k | v]` projection, one task per (sample, head):
+//!   `q kᵀ`, the softmax in place with the polynomial `exp`, and `· v` written into the head's output columns.
 //!
 //! Each kernel evaluates the formula of the generic op chain in the same order (so results agree to rounding), except
 //! GELU, which uses the identity `0.5 x (1 + tanh u) = x / (1 + exp(-2u))` with a polynomial `exp` (relative error
@@ -364,79 +364,114 @@ pub fn gated_residual_(
 }
 
 // ----------------------------------------------------------------------------------------------------------------
-// Softmax, in place
+// Attention
 
-struct SoftmaxLastDim;
+/// A pointer that rayon tasks may share; every task writes a disjoint set of elements through it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
 
-impl InplaceOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "odelt-softmax"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let what = self.name();
-        let n = *layout.dims().last().unwrap_or(&0);
-        if n == 0 {
-            return Ok(());
-        }
-        let y = contiguous_mut(storage, layout, what)?;
-        y.par_chunks_mut(n).for_each(|row| {
-            let max = lane_max(row);
-            row.iter_mut().for_each(|v| *v = exp_f32(*v - max));
-            let inv = sums(row).0.recip();
-            row.iter_mut().for_each(|v| *v *= inv);
-        });
-        Ok(())
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper rather than its field).
+    fn ptr(self) -> *mut f32 {
+        self.0
     }
 }
 
-/// Softmax over the last axis, in place on a fresh contiguous f32 tensor (the attention logits).
-pub fn softmax_last_dim_(x: &Tensor) -> candle_core::Result<()> {
-    x.inplace_op1(&SoftmaxLastDim)
-}
-
-// ----------------------------------------------------------------------------------------------------------------
-// Head merge
-
-/// Per-sample attention outputs, each contiguous `[heads, T, hd]`, into `[B, T, heads*hd]` (head-major features).
-pub fn merge_heads(ys: &[Tensor]) -> candle_core::Result<Tensor> {
-    let what = "odelt-merge-heads";
-    let Some(first) = ys.first() else {
-        bail!("{what}: no samples")
-    };
-    let (nh, t, hd) = first.dims3()?;
-    let h = nh * hd;
-    let guards: Vec<_> = ys.iter().map(|y| y.storage_and_layout()).collect();
-    let srcs = guards
-        .iter()
-        .map(|(g, l)| {
-            if l.dims() != [nh, t, hd] {
-                bail!(
-                    "{what}: sample of shape {:?}, expected [{nh}, {t}, {hd}]",
-                    l.dims()
+/// Multi-head attention on the fused projection output `qkv` `[B, T, 3H]` (`[q | k | v]`, bias added, the query
+/// scale already folded in), returning `[B, T, H]` with head-major features. One task per (sample, head), spread
+/// over the rayon pool: `S = q kᵀ` into a per-task `[T, T]` buffer, softmax over its rows in place, then `S v`
+/// written straight into the head's columns of the output. Each task runs single-threaded `gemm` products on
+/// strided views of `qkv`, so nothing is copied, no `[heads, T, T]` tensor is materialised, and at batch 1 the
+/// heads (not the small products) keep all cores busy.
+pub fn attention(qkv: &Tensor, num_heads: usize) -> candle_core::Result<Tensor> {
+    let what = "odelt-attention";
+    let (b, t, three_h) = qkv.dims3()?;
+    if num_heads == 0 || three_h % (3 * num_heads) != 0 {
+        bail!("{what}: width {three_h} is not 3 x {num_heads} heads");
+    }
+    let h = three_h / 3;
+    let hd = h / num_heads;
+    let (guard, layout) = qkv.storage_and_layout();
+    let src = contiguous(f32_guard(&guard, what)?, layout, what)?;
+    let mut out = vec![0f32; b * t * h];
+    let dst = SharedMut(out.as_mut_ptr());
+    (0..b * num_heads).into_par_iter().for_each_init(
+        || vec![0f32; t * t],
+        |s, task| {
+            let (bi, head) = (task / num_heads, task % num_heads);
+            let base = bi * t * three_h + head * hd;
+            let (q, k, v) = (&src[base..], &src[base + h..], &src[base + 2 * h..]);
+            let rs = three_h as isize;
+            // SAFETY: every index the products touch lies inside `src` / `s` / `out` (rows `< t` of stride
+            // `3H` from `base + 2H + hd <= bi*T*3H + 3H`, columns `< hd`), and tasks write disjoint column blocks
+            // `[head*hd, (head+1)*hd)` of sample `bi`'s rows of `out`.
+            unsafe {
+                // S[i, j] = sum_c q[i, c] k[j, c]: rhs element (c, j) is k[j, c].
+                gemm::gemm(
+                    t,
+                    t,
+                    hd,
+                    s.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    rs,
+                    k.as_ptr(),
+                    rs,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
                 );
             }
-            contiguous(f32_guard(g, what)?, l, what)
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let mut out = vec![0f32; ys.len() * t * h];
-    out.par_chunks_mut(h).enumerate().for_each(|(r, dst)| {
-        let (bi, ti) = (r / t, r % t);
-        let src = srcs[bi];
-        for head in 0..nh {
-            let s = head * t * hd + ti * hd;
-            dst[head * hd..(head + 1) * hd].copy_from_slice(&src[s..s + hd]);
-        }
-    });
-    drop(guards);
-    Tensor::from_vec(out, (ys.len(), t, h), first.device())
+            for row in s.chunks_exact_mut(t) {
+                let max = lane_max(row);
+                row.iter_mut().for_each(|x| *x = exp_f32(*x - max));
+                let inv = sums(row).0.recip();
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            unsafe {
+                let y = dst.ptr().add(bi * t * h + head * hd);
+                gemm::gemm(
+                    t,
+                    hd,
+                    t,
+                    y,
+                    1,
+                    h as isize,
+                    false,
+                    s.as_ptr(),
+                    1,
+                    t as isize,
+                    v.as_ptr(),
+                    1,
+                    rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        },
+    );
+    drop(guard);
+    Tensor::from_vec(out, (b, t, h), qkv.device())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_util::max_abs_diff;
-    use candle_core::{Device, IndexOp, D};
+    use candle_core::{Device, D};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
@@ -535,28 +570,34 @@ mod tests {
     }
 
     #[test]
-    fn softmax_matches_candle() {
-        let x = (rand(&[3, 4, 33], 12) * 8.0).unwrap();
-        let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let got = x.copy().unwrap();
-        softmax_last_dim_(&got).unwrap();
-        assert!(max_abs_diff(&got, &want) < 1e-6);
-    }
-
-    #[test]
-    fn merge_heads_is_transpose_reshape() {
-        let (b, nh, t, hd) = (3, 4, 5, 6);
-        let all = rand(&[b, nh, t, hd], 9);
-        let ys: Vec<Tensor> = (0..b)
-            .map(|i| all.i(i).unwrap().contiguous().unwrap())
-            .collect();
-        let got = merge_heads(&ys).unwrap();
-        let want = all
+    fn attention_matches_candle_ops() {
+        // T = 37 and hd = 12: sizes off the kernels' register blocks; batch 2 checks the per-sample offsets.
+        let (b, t, nh, hd) = (2, 37, 3, 12);
+        let h = nh * hd;
+        let qkv = rand(&[b, t, 3 * h], 21);
+        let part = |j: usize| {
+            qkv.narrow(D::Minus1, j * h, h)
+                .unwrap()
+                .reshape((b, t, nh, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
+        let want = w
+            .matmul(&v)
+            .unwrap()
             .transpose(1, 2)
             .unwrap()
-            .reshape((b, t, nh * hd))
+            .reshape((b, t, h))
             .unwrap();
-        assert_eq!(max_abs_diff(&got, &want), 0.0);
+        let got = attention(&qkv, nh).unwrap();
+        assert_eq!(got.dims(), &[b, t, h]);
+        assert!(max_abs_diff(&got, &want) < 1e-5);
+        assert!(attention(&qkv, 5).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! residuals and the softmax in place on the matmul outputs; attention reading q, k, v as strided views of the fused
 //! projection). Each stage is timed by [`super::profile`] (`odelt-bench --profile`).
 
-use candle_core::{IndexOp, Tensor, D};
+use candle_core::{Tensor, D};
 
 use super::block::{DitBlock, FinalLayer};
 use super::fused::{self, Act};
@@ -57,27 +57,11 @@ impl FusedBlock {
         Ok(out)
     }
 
-    /// Attention on the fused projection output `[B, T, 3H]` (`[q | k | v]`, bias added), one sample at a time so
-    /// that q, k and v stay strided views (no copies); the per-sample outputs are merged into `[B, T, H]` at once.
+    /// Attention on the fused projection output `[B, T, 3H]` (`[q | k | v]`, bias added): one fused kernel per
+    /// (sample, head), [`fused::attention`].
     fn attention(&self, qkv: &Tensor, laps: &mut Laps) -> Result<Tensor> {
-        let (b, t, three_h) = qkv.dims3()?;
-        let nh = self.0.num_heads;
-        let hd = three_h / 3 / nh;
-        let qkv = qkv.reshape((b, t, 3, nh, hd))?;
-        let mut ys = Vec::with_capacity(b);
-        for i in 0..b {
-            let s = qkv.i(i)?; // [T, 3, nh, hd]
-            let part = |j: usize| s.i((.., j)).and_then(|p| p.transpose(0, 1)); // [nh, T, hd], strided
-            let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-            let logits = q.matmul(&k.t()?)?; // [nh, T, T]
-            laps.lap("attention q.k^T (batched matmul per sample)");
-            fused::softmax_last_dim_(&logits)?;
-            laps.lap("attention softmax (fused, in place)");
-            ys.push(logits.matmul(&v)?); // [nh, T, hd]
-            laps.lap("attention w.v (batched matmul per sample)");
-        }
-        let y = fused::merge_heads(&ys)?;
-        laps.lap("merge heads (copy)");
+        let y = fused::attention(qkv, self.0.num_heads)?;
+        laps.lap("attention q.k^T, softmax, w.v (fused per head)");
         Ok(y)
     }
 }

@@ -26,6 +26,29 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Which kernels candle's CPU matmul runs on this machine: `gemm` 0.19 picks them at run time, AVX-512 when the
+/// CPU has `avx512f` (odelt-nodes enables gemm's `x86-v4` feature for this), else AVX2/FMA, else scalar.
+pub fn gemm_kernel(device: &Device) -> &'static str {
+    if !device.is_cpu() {
+        return "the device's BLAS";
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "gemm avx512f (x86-v4)";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "gemm avx2/fma (x86-v3)";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return "gemm neon";
+    }
+    #[allow(unreachable_code)]
+    "gemm scalar"
+}
+
 /// CPU seconds over (wall seconds x cores); NaN when the wall time is too short for the 10 ms tick of
 /// /proc/self/stat.
 pub fn cpu_share(cpu_s: f64, wall_s: f64, cores: usize) -> f64 {

@@ -13,7 +13,7 @@ use odelt_nodes::util::process_cpu_seconds;
 use odelt_nodes::DitConfig;
 
 use crate::flops::{computed_blocks, forward_flops};
-use crate::machine::{cpu_model, cpu_share, loadavg, median, RefMatmul};
+use crate::machine::{cpu_model, cpu_share, gemm_kernel, loadavg, median, RefMatmul};
 use crate::model::{self, TempFile};
 use crate::{child, BenchArgs};
 
@@ -35,6 +35,8 @@ pub struct MatmulTimes {
     pub median_s: f64,
     pub bursts: usize,
     pub per_burst: usize,
+    /// The kernels the matmul ran ([`gemm_kernel`]).
+    pub kernel: &'static str,
 }
 
 impl MatmulTimes {
@@ -70,10 +72,11 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
     }
     println!("odelt-bench");
     println!(
-        "machine: cpu `{}`, {} logical cores, candle threads {}, load average {} (start)",
+        "machine: cpu `{}`, {} logical cores, candle threads {}, matmul kernels {}, load average {} (start)",
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         candle_core::utils::get_num_threads(),
+        gemm_kernel(&device),
         loadavg()
     );
     println!("device: {}", a.device);
@@ -133,6 +136,7 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
             median_s: median(&mm_times),
             bursts: mm_times.len(),
             per_burst: reference.per_burst,
+            kernel: gemm_kernel(&device),
         },
         profile,
     })

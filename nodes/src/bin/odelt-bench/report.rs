@@ -14,7 +14,8 @@ pub fn print(a: &BenchArgs, res: &Results) -> Result<()> {
     let m = &res.matmul;
     let n = m.size;
     println!(
-        "reference matmul: {n}x{n} @ {n}x{n} f32, median {:.1} ms per product over {} bursts of {} -> {:.1} GFLOP/s",
+        "reference matmul ({}): {n}x{n} @ {n}x{n} f32, median {:.1} ms per product over {} bursts of {} -> {:.1} GFLOP/s",
+        m.kernel,
         m.median_s * 1e3,
         m.bursts,
         m.per_burst,
@@ -69,9 +70,9 @@ fn latency_table(a: &BenchArgs, res: &Results) {
         a.warmup
     );
     println!(
-        "| l | batch | blocks | median ms | min ms | ms/image | GFLOP | GFLOP/s | vs l={l_max} | CPU share |"
+        "| l | batch | blocks | median ms | min ms | ms/image | GFLOP | GFLOP/s | vs GEMM | vs l={l_max} | CPU share |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &res.rows {
         let base = res
             .rows
@@ -79,7 +80,7 @@ fn latency_table(a: &BenchArgs, res: &Results) {
             .find(|o| o.batch == r.batch && o.length == l_max)
             .map_or(f64::NAN, |o| r.median_s / o.median_s);
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
             r.length,
             r.batch,
             r.blocks,
@@ -88,6 +89,7 @@ fn latency_table(a: &BenchArgs, res: &Results) {
             r.median_s * 1e3 / r.batch as f64,
             r.flops / 1e9,
             r.flops / r.median_s / 1e9,
+            r.flops / r.median_s / 1e9 / res.matmul.gflops(),
             base,
             if r.cpu_share.is_finite() {
                 format!("{:.0}%", r.cpu_share * 100.0)
