@@ -162,9 +162,11 @@ impl ExtraModelDirs {
                             ))),
                         })
                         .collect::<Result<_, _>>()?,
-                    _ => return Err(shape(format!(
+                    _ => {
+                        return Err(shape(format!(
                         "section {section:?}: {kind:?} must be a folder (or several, one per line)"
-                    ))),
+                    )))
+                    }
                 };
                 for line in lines {
                     let line = line.trim();

@@ -195,10 +195,7 @@ fn golden_velocity(loader: Vec<(&'static str, serde_json::Value)>, tag: &str) {
                 ("active_blocks", json!(l)),
             ],
         );
-        let ll = wf.add(
-            "LoadLatent",
-            &[("latent", json!(src_name))],
-        );
+        let ll = wf.add("LoadLatent", &[("latent", json!(src_name))]);
         let mut si = sampler_inputs(123, 1, 1.0, false);
         si.push(("model", Workflow::link_value(&ds, 0)));
         si.push(("latent_image", Workflow::link_value(&ll, 0)));
