@@ -18,7 +18,8 @@ pub(crate) async fn object_info(State(s): S) -> Response {
 pub(crate) async fn object_info_one(State(s): S, class: P) -> Result<Response, ApiError> {
     let class = path_arg(class)?;
     let mut out = Map::new();
-    if let Some(e) = s.exec.plugins().node(&class) {
+    // Described now, like /object_info, so combo lists show the files there at this moment.
+    if let Some(e) = s.exec.refresh().node(&class) {
         out.insert(class, serde_json::to_value(&*e.info).unwrap_or(Json::Null));
     }
     Ok(json_ok(&Json::Object(out)))
