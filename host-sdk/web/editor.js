@@ -22,6 +22,7 @@
     lastProgressNode: null,
     drag: null,
     listeners: [], // selftest hooks: fn(type, data)
+    ready: false, // the first graph is on screen: changes are stored from now on
   };
 
   // ---------- small helpers ----------
@@ -57,6 +58,12 @@
   }
   function specOpts(spec) {
     return (spec.length > 1 && spec[1] && typeof spec[1] === "object") ? spec[1] : {};
+  }
+  // ComfyUI's frontends give an INT a "control after generate" choice when its spec asks for
+  // one, and always to an INT named seed or noise_seed (its value follows in widgets_values).
+  function hasControl(name, spec) {
+    return specType(spec) === "INT" && (specOpts(spec).control_after_generate !== undefined
+      || name === "seed" || name === "noise_seed");
   }
   function comboOptions(spec) {
     if (Array.isArray(spec[0])) return spec[0];
@@ -231,7 +238,7 @@
           inp.widget.el.setAttribute("data-input", name);
           row.appendChild(inp.widget.el);
           // ComfyUI's "control after generate": what happens to a seed after each queue.
-          if (t === "INT" && o.control_after_generate) {
+          if (hasControl(name, spec)) {
             inp.control = el("select", { class: "widget control", title: "after each queue", "data-control": name });
             for (const c of CONTROL_MODES) inp.control.appendChild(el("option", { value: c, text: c }));
             inp.control.value = "fixed";
@@ -511,7 +518,7 @@
       for (const inp of node.inputs) {
         if (!inp.widget) continue;
         widgets.push(inp.widget.get());
-        if (specOpts(inp.spec).control_after_generate) widgets.push(inp.control ? inp.control.value : "fixed");
+        if (hasControl(inp.name, inp.spec)) widgets.push(inp.control ? inp.control.value : "fixed");
       }
       nodes.push({
         id: numId(node.id), type: node.type, pos: [node.x, node.y],
@@ -624,7 +631,7 @@
           if (!inp.widget) continue;
           if (k < vals.length) inp.widget.set(vals[k]);
           k++;
-          if (specOpts(inp.spec).control_after_generate) {
+          if (hasControl(inp.name, inp.spec)) {
             if (inp.control && CONTROL_MODES.includes(vals[k])) inp.control.value = vals[k];
             k++;
           }
@@ -1053,6 +1060,71 @@
     }
   }
 
+  // ---------- the last graph (localStorage), the examples and the first graph ----------
+  const STORE_KEY = "odelt.editor.workflow";
+  const DEFAULT_TEMPLATE = "generate";
+  let lastStored = null;
+
+  function storeGraph() {
+    if (!state.ready) return;
+    let text;
+    try { text = JSON.stringify(buildWorkflow()); } catch (e) { return; }
+    if (text === lastStored) return;
+    try { localStorage.setItem(STORE_KEY, text); lastStored = text; } catch (e) { /* full or disabled */ }
+  }
+
+  async function fetchTemplates() {
+    try {
+      const r = await fetch("/templates/index.json");
+      if (!r.ok) return [];
+      const cats = await r.json();
+      return cats.flatMap((c) => c.templates || []);
+    } catch (e) {
+      return [];
+    }
+  }
+
+  async function loadTemplate(name, source) {
+    const r = await fetch("/templates/" + encodeURIComponent(name) + ".json");
+    if (!r.ok) throw new Error("GET /templates/" + name + ".json failed: " + r.status);
+    loadJson(await r.json());
+    document.body.setAttribute("data-graph", source || "template:" + name);
+  }
+
+  function renderExamples(templates) {
+    const menu = $("examples-menu");
+    for (const t of templates) {
+      menu.appendChild(el("option", { value: t.name, text: t.title || t.name, title: t.description || "" }));
+    }
+    menu.disabled = templates.length === 0;
+    menu.addEventListener("change", () => {
+      const name = menu.value;
+      menu.value = "";
+      if (name) loadTemplate(name).then(() => message("Loaded the example " + name)).catch((e) => message(e.message, true));
+    });
+  }
+
+  // The graph of the last visit if there is one, else the default example (when this server
+  // has its nodes and model).
+  async function firstGraph(templates) {
+    const stored = localStorage.getItem(STORE_KEY);
+    if (stored) {
+      try {
+        loadJson(JSON.parse(stored));
+        document.body.setAttribute("data-graph", "stored");
+        lastStored = stored;
+        return;
+      } catch (e) {
+        message("Your last graph could not be restored: " + e.message, true);
+      }
+    }
+    if (templates.some((t) => t.name === DEFAULT_TEMPLATE)) {
+      await loadTemplate(DEFAULT_TEMPLATE, "default");
+    } else {
+      document.body.setAttribute("data-graph", "empty");
+    }
+  }
+
   // ---------- start ----------
   function start() {
     setupCanvas();
@@ -1061,9 +1133,19 @@
     $("queue-btn").addEventListener("click", () => queuePrompt());
     $("interrupt-btn").addEventListener("click", () => fetch(API + "/interrupt", { method: "POST" }));
     connectSocket();
-    loadDefs().catch((e) => message(e.message, true));
-    window.odeltEditor = { state, addNode, connect, buildPrompt, buildWorkflow, loadJson, loadPngBuffer, pngTextChunks, queuePrompt };
-    if (new URLSearchParams(location.search).get("selftest") === "1") selftest();
+    const selftesting = new URLSearchParams(location.search).get("selftest") === "1";
+    Promise.all([loadDefs(), fetchTemplates()]).then(async ([, templates]) => {
+      renderExamples(templates);
+      // The self-test builds its own graph and leaves the stored one alone.
+      if (!selftesting) {
+        await firstGraph(templates);
+        state.ready = true;
+        setInterval(storeGraph, 1000);
+        window.addEventListener("pagehide", storeGraph);
+      }
+    }).catch((e) => message(e.message, true));
+    window.odeltEditor = { state, addNode, connect, buildPrompt, buildWorkflow, loadJson, loadPngBuffer, pngTextChunks, queuePrompt, storeGraph };
+    if (selftesting) selftest();
   }
 
   start();

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::body::ApiError;
-use super::routes::{files, frontend, info, jobs, prompt, site, ws};
+use super::routes::{files, frontend, info, jobs, prompt, site, templates, ws};
 use super::security::origin_allowed;
 use super::state::Shared;
 use super::web;
@@ -74,6 +74,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .nest("/api", api)
         .route("/", get(site::index))
         .route("/internal/folder_paths", get(info::folder_paths))
+        // The example workflows as the stock frontend's templates (and the editor's menu).
+        .route("/templates/{file}", get(templates::file))
         .route("/odelt/editor", get(web::index))
         .route("/odelt/editor.js", get(web::script))
         .route("/odelt/editor.css", get(web::style))

@@ -6,4 +6,5 @@ pub(crate) mod info;
 pub(crate) mod jobs;
 pub(crate) mod prompt;
 pub(crate) mod site;
+pub(crate) mod templates;
 pub(crate) mod ws;
