@@ -3,8 +3,10 @@
 
 use candle_core::Tensor;
 
-use super::font::{text_width, GLYPH_H};
-use super::plot::{Canvas, BLACK, WHITE};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::plot::{fonts, Canvas, FAMILY, WHITE};
 use crate::error::{Error, Result};
 use crate::model::Dit;
 use crate::sample::{sample_seeded, SampleOptions, SeededBatch, Start};
@@ -37,7 +39,21 @@ pub fn grid_samples(
     Ok(sample_seeded(model, &batch, &mut ())?.0)
 }
 
-/// Lays out `images` (row-major over rows x classes, each `size x size` grey in \[-1, 1\]) under `class_names`.
+/// Size of the class names and of the title, in pixels.
+const NAME_PX: f64 = 13.0;
+const TITLE_PX: f64 = 16.0;
+
+fn text_size(text: &str, px: f64) -> (usize, usize) {
+    fonts();
+    (FAMILY, px)
+        .into_font()
+        .box_size(text)
+        .map(|(w, h)| (w as usize, h as usize))
+        .unwrap_or((text.chars().count() * px as usize / 2, px as usize))
+}
+
+/// Lays out `images` (row-major over rows x classes, each `size x size` grey in \[-1, 1\]) under `class_names`,
+/// with `title` (e.g. "T = 8, l = 6, w = 1") above; text in the bundled DejaVu Sans.
 pub fn labelled_grid(
     images: &[f32],
     size: usize,
@@ -57,23 +73,22 @@ pub fn labelled_grid(
     let tile = size * zoom;
     let name_w = class_names
         .iter()
-        .map(|n| text_width(n, 1))
+        .map(|n| text_size(n, NAME_PX).0)
         .max()
         .unwrap_or(0);
-    let col_w = tile.max(name_w + 4) + gap;
-    let title_h = if title.is_empty() { 0 } else { GLYPH_H + 10 };
-    let head = title_h + GLYPH_H + 10;
+    let col_w = tile.max(name_w + 6) + gap;
+    let line = |px: f64| (px * 1.5).ceil() as usize;
+    let title_h = if title.is_empty() {
+        0
+    } else {
+        line(TITLE_PX) + 4
+    };
+    let head = title_h + line(NAME_PX) + 4;
     let width = classes * col_w + gap;
     let height = head + rows * (tile + gap) + gap;
     let mut cv = Canvas::new(width, height, WHITE);
-    if !title.is_empty() {
-        cv.text_centered(width as i64 / 2, 5, title, 1, BLACK);
-    }
     for k in 0..classes {
         let cx = (gap + k * col_w + (col_w - gap) / 2) as i64;
-        if let Some(n) = class_names.get(k) {
-            cv.text_centered(cx, (title_h + 5) as i64, n, 1, BLACK);
-        }
         for r in 0..rows {
             let idx = r * classes + k;
             let img = &images[idx * size * size..(idx + 1) * size * size];
@@ -82,6 +97,34 @@ pub fn labelled_grid(
             cv.blit_grey(x, y, img, size, size, zoom);
         }
     }
+    let ink = RGBColor(20, 20, 20);
+    cv.draw(|root| {
+        let err = |e: DrawingAreaErrorKind<_>| Error::invalid(format!("grid text: {e}"));
+        let centred = |px: f64| {
+            (FAMILY, px)
+                .into_font()
+                .color(&ink)
+                .pos(Pos::new(HPos::Center, VPos::Top))
+        };
+        if !title.is_empty() {
+            root.draw(&Text::new(
+                title.to_string(),
+                (width as i32 / 2, 4),
+                centred(TITLE_PX),
+            ))
+            .map_err(err)?;
+        }
+        for (k, n) in class_names.iter().take(classes).enumerate() {
+            let cx = (gap + k * col_w + (col_w - gap) / 2) as i32;
+            root.draw(&Text::new(
+                n.clone(),
+                (cx, title_h as i32 + 3),
+                centred(NAME_PX),
+            ))
+            .map_err(err)?;
+        }
+        Ok(())
+    })?;
     Ok(cv)
 }
 
@@ -91,14 +134,21 @@ mod tests {
 
     #[test]
     fn grid_png_has_expected_size_and_pixels() {
-        let names: Vec<String> = ["A", "BB", "CCC"].iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = ["a", "Bb", "Ankle boot"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let imgs: Vec<f32> = (0..2 * 3 * 16)
             .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
             .collect();
-        let cv = labelled_grid(&imgs, 4, 3, 2, &names, 3, "").unwrap();
-        let col_w = 12usize.max(text_width("CCC", 1) + 4) + 4;
+        let cv = labelled_grid(&imgs, 4, 3, 2, &names, 3, "T = 8, l = 6").unwrap();
+        let (w, _) = text_size("Ankle boot", NAME_PX);
+        assert!(w > 40, "{w}: the name is measured in the real font");
+        let col_w = 12usize.max(w + 6) + 4;
         assert_eq!(cv.width, 3 * col_w + 4);
-        assert_eq!(cv.height, 7 + 10 + 2 * (12 + 4) + 4);
+        assert_eq!(cv.height, (24 + 4) + (20 + 4) + 2 * (12 + 4) + 4);
+        // Text was drawn (dark pixels in the header), the images below it.
+        assert!((0..24).any(|y| (0..cv.width).any(|x| cv.get(x, y)[0] < 100)));
         let dir = std::env::temp_dir().join(format!("odelt-grid-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("g.png");

@@ -225,7 +225,7 @@ pub fn to_markdown(rows: &[SweepRow], cal: &[Calibration]) -> String {
     s
 }
 
-/// FD against latency, one curve per length (log latency axis), each point labelled with T.
+/// FD against latency, one curve per length (both axes log), each point labelled with T.
 pub fn plot(rows: &[SweepRow], title: &str, real_fd: Option<f64>) -> LinePlot {
     let mut lengths: Vec<usize> = rows.iter().map(|r| r.length).collect();
     lengths.sort_unstable();
@@ -237,7 +237,7 @@ pub fn plot(rows: &[SweepRow], title: &str, real_fd: Option<f64>) -> LinePlot {
             let mut rs: Vec<&SweepRow> = rows.iter().filter(|r| r.length == l).collect();
             rs.sort_by_key(|r| r.steps);
             Series {
-                label: format!("l={l}"),
+                label: format!("l = {l}"),
                 points: rs.iter().map(|r| (r.cpu_ms, r.fd)).collect(),
                 point_labels: rs.iter().map(|r| format!("{}", r.steps)).collect(),
             }
@@ -245,13 +245,15 @@ pub fn plot(rows: &[SweepRow], title: &str, real_fd: Option<f64>) -> LinePlot {
         .collect();
     LinePlot {
         title: title.to_string(),
-        x_label: "latency: CPU ms per image (log scale), points labelled with T".into(),
-        y_label: "FD".into(),
+        x_label: "latency (CPU ms per image, log scale)".into(),
+        y_label: "FD (classifier features, log scale)".into(),
         log_x: true,
+        log_y: true,
         series,
         h_lines: real_fd
-            .map(|v| vec![(v, "real vs real".to_string())])
+            .map(|v| vec![(v, format!("real vs real (train vs test): {v:.2}"))])
             .unwrap_or_default(),
+        point_label_note: "point labels: Euler steps T".into(),
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Args {
     model: PathBuf,
     #[arg(long, default_value = "models/classifier.safetensors")]
     classifier: PathBuf,
-    /// Output prefix: PREFIX.md, PREFIX.csv, PREFIX.png, PREFIX.json.
+    /// Output prefix: PREFIX.md, PREFIX.csv, PREFIX.png and PREFIX.svg (the plot), PREFIX.json.
     #[arg(long, default_value = "docs/results/fashion-dit")]
     out: PathBuf,
     /// Euler step counts T.
@@ -150,7 +150,7 @@ pub fn run(a: Args) -> Result<()> {
             rows.push(r);
         }
     }
-    let title = format!("{} (w={})", a.title, a.guidance);
+    let title = format!("{} (w = {})", a.title, a.guidance);
     let md = format!(
         "Model `{}`, classifier `{}`, N = {} samples per setting (class-balanced), guidance w = {}, Euler, \
          seed {}{}.\nLatency = CPU time (user+system, /proc) of sampling per image at batch {} (the CSV has both: `latency_ms_per_image` is wall-clock, `cpu_ms_per_image` CPU time); \
@@ -176,11 +176,9 @@ pub fn run(a: Args) -> Result<()> {
             "threads": std::env::var("RAYON_NUM_THREADS").ok(),
         }))?,
     )?;
-    sweep::plot(&rows, &title, Some(cal.fd_train_vs_test))
-        .render(800, 520)
-        .save_png(&prefixed(&a.out, "png"))?;
+    sweep::plot(&rows, &title, Some(cal.fd_train_vs_test)).save(&a.out, 900, 560)?;
     println!(
-        "wrote {}.{{md,csv,json,png}} in {:.0}s",
+        "wrote {}.{{md,csv,json,png,svg}} in {:.0}s",
         a.out.display(),
         start.elapsed().as_secs_f64()
     );

@@ -76,7 +76,7 @@ pub fn run(a: Args) -> Result<()> {
         // Show the first channel of multi-channel models.
         x.narrow(3, 0, 1)?.flatten_all()?.to_vec1()?
     };
-    let title = format!("T={} l={} w={}", a.steps, l, a.guidance);
+    let title = format!("T = {}, l = {l}, w = {}", a.steps, a.guidance);
     let cv = labelled_grid(&pixels, cfg.input_size, k, a.rows, &names, a.zoom, &title)?;
     ensure_parent(&a.out)?;
     cv.save_png(&a.out)?;

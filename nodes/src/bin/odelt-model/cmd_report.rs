@@ -13,7 +13,7 @@ pub struct Args {
     /// JSON files written by `odelt-model eval` (PREFIX.json); for a (T, l) present in several, the first wins.
     #[arg(long, value_delimiter = ',', required = true)]
     inputs: Vec<PathBuf>,
-    /// Output prefix: PREFIX.md, PREFIX.csv, PREFIX.png.
+    /// Output prefix: PREFIX.md, PREFIX.csv, PREFIX.png and PREFIX.svg (the plot).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "Fashion-MNIST: FD vs latency")]
@@ -72,12 +72,10 @@ pub fn run(a: Args) -> Result<()> {
     );
     std::fs::write(prefixed(&a.out, "md"), md)?;
     std::fs::write(prefixed(&a.out, "csv"), sweep::to_csv(&rows))?;
-    let title = format!("{} (w={})", a.title, guidance.unwrap_or(1.0));
-    sweep::plot(&rows, &title, cals.first().map(|c| c.fd_train_vs_test))
-        .render(800, 520)
-        .save_png(&prefixed(&a.out, "png"))?;
+    let title = format!("{} (w = {})", a.title, guidance.unwrap_or(1.0));
+    sweep::plot(&rows, &title, cals.first().map(|c| c.fd_train_vs_test)).save(&a.out, 900, 560)?;
     println!(
-        "wrote {}.{{md,csv,png}} ({} settings)",
+        "wrote {}.{{md,csv,png,svg}} ({} settings)",
         a.out.display(),
         rows.len()
     );
