@@ -129,7 +129,13 @@ for _ in $(seq 600); do
   sleep 0.05
 done
 [ -n "$REQUEUED" ] || die "task 2 was never caught mid-run (journal had $n lines)"
-echo "== requeued task ${JOB}_2 $REQUEUED"
+echo "== requeued task ${JOB}_2 $REQUEUED at $(( $(date +%s) - T0 ))s"
+# Slurm holds a requeued job back (BeginTime two minutes ahead); let it start at once.
+for _ in $(seq 40); do
+  squeue -h -j "${JOB}_2" -o '%T %r' 2>/dev/null | grep -q 'PENDING BeginTime' \
+    && scontrol update JobId="${JOB}_2" StartTime=now && break
+  sleep 0.25
+done
 # Status right after the kill: the requeued shard is not complete.
 "$ODELT" batch status "$OUT" >"$W/status-mid.txt"; rc=$?
 [ "$rc" -eq 5 ] || die "status right after the requeue exited $rc, expected 5 (incomplete): $(cat "$W/status-mid.txt")"
@@ -140,6 +146,7 @@ for _ in $(seq 240); do
 done
 [ -z "$(squeue -h -j "$JOB" 2>/dev/null)" ] || die "the array did not finish in 120 s: $(squeue -j "$JOB")"
 
+echo "== array finished at $(( $(date +%s) - T0 ))s"
 "$ODELT" batch status "$OUT" || die "status after the run is not complete"
 "$ODELT" batch merge "$OUT" >/dev/null || die "merge failed"
 lines=$(wc -l <"$OUT/index.jsonl")
