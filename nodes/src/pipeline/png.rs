@@ -1,6 +1,10 @@
 //! Writing images the way ComfyUI's SaveImage / PreviewImage do: PNG files named `{prefix}_{counter:05}_.png`
 //! (the counter continues after the highest one already in the folder), optional sub-folders in the prefix (never
 //! leaving the output directory), and `tEXt` chunks `prompt` / `workflow` (every `extra_pnginfo` entry) holding JSON.
+//!
+//! Files are written crash-safe ([`write_atomically`]): under the temporary name `.{name}.tmp-{pid}` in the same
+//! folder, flushed to disk, then renamed into place, so a reader (the server's `/view`) never sees half a file; the
+//! counter scan ignores temporary names.
 
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -101,6 +105,9 @@ fn next_counter(folder: &Path, filename: &str) -> u32 {
             let Some(name) = e.file_name().to_str().map(str::to_string) else {
                 continue;
             };
+            if is_temp_name(&name) {
+                continue;
+            }
             let n = filename.chars().count();
             let head: String = name.chars().take(n + 1).collect();
             if head != want {
@@ -113,6 +120,43 @@ fn next_counter(folder: &Path, filename: &str) -> u32 {
         }
     }
     max.saturating_add(1)
+}
+
+/// The temporary name a file is written under before it is renamed to `final_path`: `.{name}.tmp-{pid}` in the same
+/// folder (the rename then stays within one file system).
+pub fn temp_path(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Whether `name` is a temporary name made by [`temp_path`] (by any process).
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|rest| rest.rsplit_once(".tmp-"))
+        .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Writes `path` crash-safe: `write` fills the file at [`temp_path`], which is then flushed to disk and renamed to
+/// `path`. On any error the temporary file is removed and `path` is left as it was.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io { path: p, source }
+    };
+    let done = write(&tmp).and_then(|()| {
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }
 
 /// JSON text made ASCII-only (`\uXXXX` escapes), as Python's `json.dumps` writes it: tEXt chunks are Latin-1.
@@ -197,24 +241,25 @@ pub fn write_png(
             pixels.len()
         )));
     }
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let png_err =
         |e: png::EncodingError| Error::invalid(format!("writing PNG {}: {e}", path.display()));
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
-    enc.set_color(color);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.set_compression(png::Compression::Fast);
-    for (k, v) in texts {
-        enc.add_text_chunk(k.clone(), v.clone()).map_err(png_err)?;
-    }
-    let mut w = enc.write_header().map_err(png_err)?;
-    w.write_image_data(pixels).map_err(png_err)?;
-    w.finish().map_err(png_err)?;
-    Ok(())
+    write_atomically(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|source| Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })?;
+        let mut enc = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        for (k, v) in texts {
+            enc.add_text_chunk(k.clone(), v.clone()).map_err(png_err)?;
+        }
+        let mut w = enc.write_header().map_err(png_err)?;
+        w.write_image_data(pixels).map_err(png_err)?;
+        w.finish().map_err(png_err)?;
+        Ok(())
+    })
 }
 
 /// One saved file, as the UI payload lists it.
@@ -284,6 +329,11 @@ mod tests {
         std::fs::write(d.join("odelt_00007_.png"), b"").unwrap();
         std::fs::write(d.join("odelt_other_00099_.png"), b"").unwrap();
         std::fs::write(d.join("odeltx_00050_.png"), b"").unwrap();
+        std::fs::write(d.join(".odelt_00090_.png.tmp-77"), b"").unwrap();
+        std::fs::write(d.join("odelt_00091_.png.tmp-77"), b"").unwrap();
+        // A temporary name is no file; a name that only looks like one still counts.
+        assert_eq!(save_target(&d, "odelt", 8, 8).unwrap().counter, 92);
+        std::fs::remove_file(d.join("odelt_00091_.png.tmp-77")).unwrap();
         assert_eq!(save_target(&d, "odelt", 8, 8).unwrap().counter, 8);
         let t = save_target(&d, "runs/a/img", 8, 8).unwrap();
         assert_eq!(t.subfolder, "runs/a");
@@ -328,6 +378,44 @@ mod tests {
             .any(|(k, v)| *k == "prompt" && v.contains("class_type")));
         assert!(chunks.iter().any(|(k, _)| *k == "workflow"));
         assert_eq!(to_u8(&[-1.0, 0.5, 2.0, f32::NAN]), vec![0, 127, 255, 0]);
+        let left: Vec<String> = std::fs::read_dir(d.join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| is_temp_name(n))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn atomic_writes_leave_the_old_file_or_the_new_one() {
+        let d = tmp("atomic");
+        let p = d.join("a_00001_.png");
+        assert_eq!(
+            temp_path(&p).file_name().unwrap().to_string_lossy(),
+            format!(".a_00001_.png.tmp-{}", std::process::id())
+        );
+        assert!(is_temp_name(
+            &temp_path(&p).file_name().unwrap().to_string_lossy()
+        ));
+        assert!(
+            !is_temp_name("a_00001_.png") && !is_temp_name(".a.tmp-") && !is_temp_name(".a.tmp-1x")
+        );
+        write_png(&p, 1, 1, 3, &[1, 2, 3], &[]).unwrap();
+        let first = std::fs::read(&p).unwrap();
+        // A failed write keeps the finished file and removes its temporary one.
+        let failed = write_atomically(&p, |tmp| {
+            std::fs::write(tmp, b"half").unwrap();
+            Err(Error::invalid("stopped halfway"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), first);
+        assert!(!temp_path(&p).exists());
+        assert!(
+            write_png(&p, 2, 1, 3, &[0; 5], &[]).is_err(),
+            "a short buffer is refused"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), first);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
