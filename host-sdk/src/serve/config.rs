@@ -27,6 +27,10 @@ pub struct ServeConfig {
     pub max_json_bytes: usize,
     /// A stock ComfyUI frontend build to serve at `/` instead of the built-in editor.
     pub frontend_root: Option<PathBuf>,
+    /// Where the queue and history are kept across restarts (`serve.redb` inside). `None`
+    /// keeps them in memory only (the library default, which tests use); `odelt serve` uses
+    /// `.odelt-state/` beside the output directory unless told `--no-persist`.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +45,7 @@ impl Default for ServeConfig {
             max_upload_bytes: 32 << 20,
             max_json_bytes: 16 << 20,
             frontend_root: None,
+            state_dir: None,
         }
     }
 }

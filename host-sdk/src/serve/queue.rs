@@ -1,11 +1,20 @@
 //! The prompt queue (bounded, ordered by ComfyUI's `number`, then arrival), the running
 //! prompt with its cancel token, and the history (capped, oldest dropped first).
+//!
+//! With a [`Store`] every change is also written to disk ([`super::store`]): a prompt is queued
+//! in memory only once its record is committed, so `POST /prompt` answers only for prompts that
+//! survive a crash; the worker marks a prompt as started before running it and replaces its
+//! record by the history entry in one commit when it ends. [`Queue::restore`] puts back what a
+//! previous server left: a prompt that was running goes first (`rank` 0), marked as restarted.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::{json, Map, Value as Json};
 
+use std::time::{Duration, Instant};
+
+use super::store::{Op, PendingRecord, Store, StoreError, Ticket};
 use crate::events::CancelToken;
 use crate::executor::RunOptions;
 use crate::prompt::Prompt;
@@ -14,6 +23,9 @@ use crate::validate::Plan;
 
 /// A validated prompt waiting to run.
 pub(crate) struct QueueItem {
+    /// 0 for a prompt that was running when the previous server stopped (it runs first),
+    /// 1 for every other.
+    pub rank: u8,
     pub number: f64,
     pub seq: u64,
     pub prompt_id: String,
@@ -25,6 +37,8 @@ pub(crate) struct QueueItem {
     pub opts: RunOptions,
     /// Size of the request that queued it (for the queue's byte budget).
     pub bytes: usize,
+    /// How many times a server started it before (more than 0: it is a restart).
+    pub starts: u32,
 }
 
 /// ComfyUI writes integral numbers without a fraction.
@@ -47,6 +61,28 @@ impl QueueItem {
             self.outputs
         ])
     }
+
+    /// The stored form, with `starts` starts.
+    pub fn record(&self, starts: u32) -> PendingRecord {
+        PendingRecord {
+            prompt_id: self.prompt_id.clone(),
+            number: self.number,
+            seq: self.seq,
+            prompt: Json::Object(self.prompt.json().clone()),
+            extra_data: self.extra_data.clone(),
+            outputs: self.outputs.clone(),
+            client_id: self.client_id.clone(),
+            extra_pnginfo: self.opts.extra_pnginfo.clone(),
+            targets: self.opts.targets.clone(),
+            partial: self.opts.partial,
+            bytes: self.bytes,
+            starts,
+        }
+    }
+
+    fn key(&self) -> (u8, f64, u64) {
+        (self.rank, self.number, self.seq)
+    }
 }
 
 /// Why a prompt was not queued.
@@ -60,6 +96,8 @@ pub(crate) enum SubmitError {
     FullBytes { limit: usize },
     /// The server is stopping.
     Stopping,
+    /// The prompt could not be written to disk (why).
+    Store(String),
 }
 
 /// History entries by prompt id, in insertion order, capped.
@@ -87,21 +125,25 @@ impl History {
         self.max_bytes = max_bytes.max(1);
         self
     }
-    /// Adds (or replaces) an entry, dropping the oldest beyond the caps.
-    pub fn insert(&mut self, id: String, entry: Json) {
+    /// Adds (or replaces) an entry, dropping the oldest beyond the caps; returns the ids
+    /// dropped.
+    pub fn insert(&mut self, id: String, entry: Json) -> Vec<String> {
         let size = serde_json::to_vec(&entry).map_or(0, |v| v.len());
         self.bytes += size;
         match self.entries.insert(id.clone(), (entry, size)) {
             Some((_, old)) => self.bytes -= old,
             None => self.order.push_back(id),
         }
+        let mut dropped = Vec::new();
         while self.order.len() > self.cap || (self.bytes > self.max_bytes && self.order.len() > 1) {
             if let Some(old) = self.order.pop_front() {
                 if let Some((_, n)) = self.entries.remove(&old) {
                     self.bytes -= n;
                 }
+                dropped.push(old);
             }
         }
+        dropped
     }
     /// Bytes of JSON held.
     pub fn bytes(&self) -> usize {
@@ -171,13 +213,63 @@ pub(crate) struct Running {
 struct State {
     pending: Vec<Arc<QueueItem>>,
     pending_bytes: usize,
+    /// Prompts accepted but still being written to disk (counted against the limits).
+    reserved: usize,
+    reserved_bytes: usize,
     running: Option<Running>,
     history: History,
+    /// The order number of the newest history entry (history is stored in this order).
+    history_order: u64,
     ids: HashSet<String>,
     counter: u64,
     seq: u64,
     free: Option<(bool, bool)>,
+    /// No new prompts are accepted or started (a graceful stop is under way).
+    draining: bool,
     stop: bool,
+    /// The running prompt was cancelled by a stop: it stays queued (on disk) for the next start.
+    requeue: bool,
+    /// The prompt a stop put back.
+    requeued: Option<String>,
+    store: Option<Store>,
+}
+
+impl State {
+    fn send(&self, ops: Vec<Op>) -> Ticket {
+        match &self.store {
+            Some(store) if !ops.is_empty() => store.send(ops),
+            _ => Ticket::done(),
+        }
+    }
+
+    /// Adds a history entry in memory and queues its commit (with the removal of its pending
+    /// record and of the entries the caps drop).
+    fn put_history(&mut self, prompt_id: &str, entry: Json) -> Ticket {
+        self.history_order += 1;
+        let order = self.history_order;
+        let stored = self.store.is_some().then(|| entry.clone());
+        let dropped = self.history.insert(prompt_id.to_string(), entry);
+        let mut ops = Vec::new();
+        if let Some(entry) = stored {
+            ops.push(Op::RemovePending(vec![prompt_id.to_string()]));
+            ops.push(Op::PutHistory {
+                id: prompt_id.to_string(),
+                order,
+                entry,
+            });
+            if !dropped.is_empty() {
+                ops.push(Op::RemoveHistory(dropped));
+            }
+        }
+        self.send(ops)
+    }
+}
+
+/// Logs a failed commit: the change holds in memory, and the server goes on.
+fn log_store(what: &str, r: Result<(), StoreError>) {
+    if let Err(e) = r {
+        eprintln!("odelt serve: {what}: {e}");
+    }
 }
 
 /// What the worker should do next.
@@ -203,13 +295,20 @@ impl Queue {
             state: Mutex::new(State {
                 pending: Vec::new(),
                 pending_bytes: 0,
+                reserved: 0,
+                reserved_bytes: 0,
                 running: None,
                 history: History::new(max_history),
+                history_order: 0,
                 ids: HashSet::new(),
                 counter: 0,
                 seq: 0,
                 free: None,
+                draining: false,
                 stop: false,
+                requeue: false,
+                requeued: None,
+                store: None,
             }),
             cond: Condvar::new(),
             max_pending: max_pending.max(1),
@@ -225,8 +324,62 @@ impl Queue {
         self
     }
 
+    /// Writes every change through `store` from now on.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .store = Some(store);
+        self
+    }
+
+    /// Puts back what a previous server stored: its history (oldest first, order numbers
+    /// kept), its counters, the prompts that could not be resumed (as history entries), and
+    /// the waiting prompts (each already validated again; `rank` 0 for the one that was
+    /// running). Called before the worker starts.
+    pub fn restore(
+        &self,
+        history: Vec<(String, u64, Json)>,
+        counters: (u64, u64),
+        failed: Vec<(String, Json)>,
+        items: Vec<QueueItem>,
+    ) {
+        let mut s = lock(&self.state);
+        let mut dropped = Vec::new();
+        for (id, order, entry) in history {
+            s.history_order = s.history_order.max(order);
+            dropped.extend(s.history.insert(id, entry));
+        }
+        let mut tickets = vec![s.send(if dropped.is_empty() {
+            vec![]
+        } else {
+            vec![Op::RemoveHistory(dropped)]
+        })];
+        for (id, entry) in failed {
+            tickets.push(s.put_history(&id, entry));
+        }
+        s.counter = s.counter.max(counters.0);
+        s.seq = s.seq.max(counters.1);
+        for item in items {
+            s.seq = s.seq.max(item.seq);
+            s.ids.insert(item.prompt_id.clone());
+            s.pending_bytes += item.bytes;
+            s.pending.push(Arc::new(item));
+        }
+        s.pending.sort_by(|a, b| {
+            a.key()
+                .partial_cmp(&b.key())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        drop(s);
+        for t in tickets {
+            log_store("restoring the history", t.wait());
+        }
+    }
+
     /// ComfyUI's priority: an explicit `number`, else the counter (negated with `front`).
-    /// Checks the id, the capacity, then queues. Returns the number used.
+    /// Checks the id and the capacity, writes the prompt to disk (with a store), then queues
+    /// it. Returns the number used.
     pub fn submit(
         &self,
         number: Option<f64>,
@@ -236,18 +389,21 @@ impl Queue {
         prompt_id: &str,
     ) -> Result<f64, SubmitError> {
         let mut s = lock(&self.state);
-        if s.stop {
+        if s.stop || s.draining {
             return Err(SubmitError::Stopping);
         }
         if s.ids.contains(prompt_id) || s.history.contains(prompt_id) {
             return Err(SubmitError::Duplicate);
         }
-        if s.pending.len() >= self.max_pending {
+        if s.pending.len() + s.reserved >= self.max_pending {
             return Err(SubmitError::Full {
                 limit: self.max_pending,
             });
         }
-        if !s.pending.is_empty() && s.pending_bytes.saturating_add(bytes) > self.max_pending_bytes {
+        let waiting_bytes = s.pending_bytes + s.reserved_bytes;
+        if (!s.pending.is_empty() || s.reserved > 0)
+            && waiting_bytes.saturating_add(bytes) > self.max_pending_bytes
+        {
             return Err(SubmitError::FullBytes {
                 limit: self.max_pending_bytes,
             });
@@ -266,11 +422,32 @@ impl Queue {
         };
         s.seq += 1;
         let item = Arc::new(build(number, s.seq));
-        let key = |i: &QueueItem| (i.number, i.seq);
-        let pos = s
-            .pending
-            .partition_point(|p| key(p).partial_cmp(&key(&item)) == Some(std::cmp::Ordering::Less));
+        let ticket = if s.store.is_some() {
+            s.send(vec![
+                Op::PutPending(Box::new(item.record(item.starts))),
+                Op::Counters {
+                    counter: s.counter,
+                    seq: s.seq,
+                },
+            ])
+        } else {
+            Ticket::done()
+        };
         s.ids.insert(item.prompt_id.clone());
+        s.reserved += 1;
+        s.reserved_bytes += item.bytes;
+        drop(s);
+        let written = ticket.wait();
+        let mut s = lock(&self.state);
+        s.reserved -= 1;
+        s.reserved_bytes -= item.bytes;
+        if let Err(e) = written {
+            s.ids.remove(&item.prompt_id);
+            return Err(SubmitError::Store(e.to_string()));
+        }
+        let pos = s.pending.partition_point(|p| {
+            p.key().partial_cmp(&item.key()) == Some(std::cmp::Ordering::Less)
+        });
         s.pending_bytes += item.bytes;
         s.pending.insert(pos, item);
         drop(s);
@@ -278,11 +455,12 @@ impl Queue {
         Ok(number)
     }
 
-    /// Blocks until there is work: pending `/free` requests are handled between prompts.
+    /// Blocks until there is work: pending `/free` requests are handled between prompts. A
+    /// prompt is marked as started on disk before it is handed out.
     pub fn next(&self) -> Next {
         let mut s = lock(&self.state);
         loop {
-            if s.stop {
+            if s.stop || s.draining {
                 return Next::Stop;
             }
             if let Some((unload_models, free_memory)) = s.free.take() {
@@ -299,18 +477,49 @@ impl Queue {
                     item: item.clone(),
                     cancel: cancel.clone(),
                 });
+                let ticket = if s.store.is_some() {
+                    s.send(vec![Op::PutPending(Box::new(item.record(item.starts + 1)))])
+                } else {
+                    Ticket::done()
+                };
+                drop(s);
+                log_store(
+                    &format!("marking prompt {} as started", item.prompt_id),
+                    ticket.wait(),
+                );
                 return Next::Run(item, cancel);
             }
             s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    /// Records the finished prompt in history and clears `running`.
+    /// Records the finished prompt in history (on disk too, replacing its queue record) and
+    /// clears `running`. Returns once the entry is durable.
     pub fn finish(&self, prompt_id: &str, entry: Json) {
         let mut s = lock(&self.state);
         s.running = None;
         s.ids.remove(prompt_id);
-        s.history.insert(prompt_id.to_string(), entry);
+        let ticket = s.put_history(prompt_id, entry);
+        drop(s);
+        self.cond.notify_all();
+        log_store(
+            &format!("storing the history of prompt {prompt_id}"),
+            ticket.wait(),
+        );
+    }
+
+    /// Whether the running prompt was cancelled by a stop (then it stays queued on disk and
+    /// gets no history entry: the next server runs it again).
+    pub fn stopping_requeues(&self) -> bool {
+        lock(&self.state).requeue
+    }
+
+    /// Clears `running` for a prompt a stop cancelled; its record stays on disk.
+    pub fn requeue_running(&self) {
+        let mut s = lock(&self.state);
+        s.requeued = s.running.take().map(|r| r.item.prompt_id.clone());
+        drop(s);
+        self.cond.notify_all();
     }
 
     /// Pending + running.
@@ -327,32 +536,52 @@ impl Queue {
         (running, pending)
     }
 
-    /// Removes every pending prompt; returns how many.
+    /// Removes every pending prompt; returns how many (a failed commit is logged: the prompts
+    /// would come back after a restart).
     pub fn clear_pending(&self) -> usize {
         let mut s = lock(&self.state);
-        let n = s.pending.len();
         s.pending_bytes = 0;
         let ids: Vec<String> = s.pending.drain(..).map(|p| p.prompt_id.clone()).collect();
-        for id in ids {
-            s.ids.remove(&id);
+        for id in &ids {
+            s.ids.remove(id);
         }
+        let n = ids.len();
+        let ticket = if ids.is_empty() {
+            Ticket::done()
+        } else {
+            s.send(vec![Op::RemovePending(ids)])
+        };
+        drop(s);
+        log_store("clearing the queue", ticket.wait());
         n
     }
 
-    /// Removes the given pending prompts; returns how many were pending.
+    /// Removes the given pending prompts; returns how many were pending (a failed commit is
+    /// logged, as for [`Queue::clear_pending`]).
     pub fn delete_pending(&self, ids: &[String]) -> usize {
         let mut s = lock(&self.state);
-        let before = s.pending.len();
-        s.pending.retain(|p| !ids.contains(&p.prompt_id));
-        s.pending_bytes = s.pending.iter().map(|p| p.bytes).sum();
-        let removed = before - s.pending.len();
-        for id in ids {
-            let running = s.running.as_ref().is_some_and(|r| &r.item.prompt_id == id);
-            if !running {
-                s.ids.remove(id);
+        let wanted: HashSet<&String> = ids.iter().collect();
+        let mut removed = Vec::new();
+        s.pending.retain(|p| {
+            let hit = wanted.contains(&p.prompt_id);
+            if hit {
+                removed.push(p.prompt_id.clone());
             }
+            !hit
+        });
+        s.pending_bytes = s.pending.iter().map(|p| p.bytes).sum();
+        for id in &removed {
+            s.ids.remove(id);
         }
-        removed
+        let n = removed.len();
+        let ticket = if removed.is_empty() {
+            Ticket::done()
+        } else {
+            s.send(vec![Op::RemovePending(removed)])
+        };
+        drop(s);
+        log_store("deleting queued prompts", ticket.wait());
+        n
     }
 
     /// Cancels the running prompt (only if it is `prompt_id`, when given). Returns whether
@@ -377,20 +606,80 @@ impl Queue {
         self.cond.notify_all();
     }
 
-    /// Runs `f` on the history.
-    pub fn with_history<R>(&self, f: impl FnOnce(&mut History) -> R) -> R {
-        f(&mut lock(&self.state).history)
+    /// Runs `f` on the history (to read it; changes go through the methods that store them).
+    pub fn with_history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+        f(&lock(&self.state).history)
     }
 
-    /// Stops the worker (cancelling the running prompt).
+    /// Removes the given history entries (`clear`: all of them); returns how many went.
+    pub fn delete_history(&self, clear: bool, ids: &[String]) -> Result<usize, StoreError> {
+        let mut s = lock(&self.state);
+        let mut ops = Vec::new();
+        let n = if clear {
+            let n = s.history.len();
+            s.history.clear();
+            ops.push(Op::ClearHistory);
+            n
+        } else {
+            0
+        };
+        let n = n + s.history.delete(ids);
+        if !clear && !ids.is_empty() {
+            ops.push(Op::RemoveHistory(ids.to_vec()));
+        }
+        let ticket = s.send(ops);
+        drop(s);
+        ticket.wait().map(|()| n)
+    }
+
+    /// Takes no more prompts (`POST /prompt` answers 503 `shutting_down`) and starts none;
+    /// the running one goes on.
+    pub fn drain(&self) {
+        lock(&self.state).draining = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits up to `timeout` for the running prompt to end; returns whether none runs.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut s = lock(&self.state);
+        while s.running.is_some() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .cond
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Stops the worker, cancelling the running prompt, which stays queued on disk.
     pub fn stop(&self) {
         let mut s = lock(&self.state);
         s.stop = true;
+        s.requeue = s.running.is_some();
         if let Some(r) = &s.running {
             r.cancel.cancel();
         }
         drop(s);
         self.cond.notify_all();
+    }
+
+    /// The prompt a stop cancelled and put back, if any.
+    pub fn requeued(&self) -> Option<String> {
+        lock(&self.state).requeued.clone()
+    }
+
+    /// Commits what is queued for disk and closes the database.
+    pub fn close_store(&self) {
+        let store = lock(&self.state).store.take();
+        if let Some(mut store) = store {
+            store.close();
+        }
     }
 }
 
@@ -400,6 +689,7 @@ mod tests {
 
     fn item(id: &str, number: f64, seq: u64) -> QueueItem {
         QueueItem {
+            rank: 1,
             number,
             seq,
             prompt_id: id.into(),
@@ -414,6 +704,7 @@ mod tests {
             client_id: None,
             opts: RunOptions::default(),
             bytes: 100,
+            starts: 0,
         }
     }
 

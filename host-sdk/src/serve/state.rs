@@ -42,12 +42,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state of a server over `exec` configured by `cfg` (empty queue, no sockets).
-    pub fn new(exec: Arc<Executor>, cfg: ServeConfig) -> Self {
+    /// An empty queue with `cfg`'s limits.
+    pub fn queue_for(cfg: &ServeConfig) -> Queue {
+        Queue::new(cfg.max_queue, cfg.max_history)
+            .with_byte_limits(cfg.max_queue_bytes, cfg.max_history_bytes)
+    }
+
+    /// The state of a server over `exec` configured by `cfg`, with `queue` (no sockets).
+    pub fn new(exec: Arc<Executor>, cfg: ServeConfig, queue: Queue) -> Self {
         Shared {
             exec,
-            queue: Queue::new(cfg.max_queue, cfg.max_history)
-                .with_byte_limits(cfg.max_queue_bytes, cfg.max_history_bytes),
+            queue,
             hub: Hub::new(),
             cfg,
             started: Instant::now(),

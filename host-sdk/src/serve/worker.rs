@@ -1,5 +1,8 @@
 //! The prompt worker: takes prompts off the queue, runs them on the executor, forwards
-//! events to WebSockets and stores the history entry before announcing the end.
+//! events to WebSockets and stores the history entry before announcing the end. A prompt that
+//! a stop cancels gets no history entry: it stays queued on disk and the next server runs it
+//! again, its entry then marked as restarted (`status.restarts`, an `execution_restarted`
+//! message first).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -184,7 +187,21 @@ fn run_one(shared: &Shared, item: &QueueItem, cancel: &CancelToken) {
         Ok(true) => ("success", true),
         _ => ("error", false),
     };
-    let mut messages = sink.messages.lock().map(|m| m.clone()).unwrap_or_default();
+    if !completed && cancel.is_cancelled() && shared.queue.stopping_requeues() {
+        if let Ok(mut c) = shared.current.lock() {
+            *c = None;
+        }
+        shared.queue.requeue_running();
+        return;
+    }
+    let mut messages = Vec::new();
+    if item.starts > 0 {
+        messages.push(json!(["execution_restarted", {
+            "prompt_id": item.prompt_id, "restarts": item.starts,
+            "reason": "the server stopped while this prompt ran; it was run again from the start",
+            "timestamp": crate::events::now_ms()}]));
+    }
+    messages.extend(sink.messages.lock().map(|m| m.clone()).unwrap_or_default());
     let mut terminal = sink.terminal.lock().map(|t| t.clone()).unwrap_or_default();
     if result.is_err() {
         // The executor itself panicked: report it like a node error.
@@ -213,10 +230,15 @@ fn run_one(shared: &Shared, item: &QueueItem, cancel: &CancelToken) {
             )
         })
         .collect();
+    let mut status =
+        json!({"status_str": status_str, "completed": completed, "messages": messages});
+    if item.starts > 0 {
+        status["restarts"] = json!(item.starts);
+    }
     let entry = json!({
         "prompt": item.tuple(),
         "outputs": outputs,
-        "status": {"status_str": status_str, "completed": completed, "messages": messages},
+        "status": status,
         "meta": meta,
     });
     if let Ok(mut c) = shared.current.lock() {

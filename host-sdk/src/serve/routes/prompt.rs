@@ -154,24 +154,39 @@ pub(crate) async fn post_prompt(
     let node_errors = plan.node_errors.clone();
     let extra_data = Json::Object(extra_data);
     let request_bytes = bytes.len();
-    let submitted = s.queue.submit(
-        number,
-        front,
-        request_bytes,
-        |number, seq| QueueItem {
+    // With persistence the submit waits for its commit (an fsync): off the async threads.
+    let state = s.clone();
+    let id = prompt_id.clone();
+    let submitted = tokio::task::spawn_blocking(move || {
+        state.queue.submit(
             number,
-            seq,
-            prompt_id: prompt_id.clone(),
-            prompt,
-            plan,
-            extra_data,
-            outputs,
-            client_id,
-            opts,
-            bytes: request_bytes,
-        },
-        &prompt_id,
-    );
+            front,
+            request_bytes,
+            |number, seq| QueueItem {
+                rank: 1,
+                number,
+                seq,
+                prompt_id: id.clone(),
+                prompt,
+                plan,
+                extra_data,
+                outputs,
+                client_id,
+                opts,
+                bytes: request_bytes,
+                starts: 0,
+            },
+            &id,
+        )
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("queueing failed unexpectedly: {e}"),
+        )
+    })?;
     match submitted {
         Ok(number) => {
             s.broadcast_status();
@@ -196,7 +211,25 @@ pub(crate) async fn post_prompt(
             "shutting_down",
             "the server is stopping",
         )),
+        Err(SubmitError::Store(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the prompt was not queued because it could not be saved: {e}"),
+        )),
     }
+}
+
+/// Runs `f` (which may wait for a commit to disk) off the async threads.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("the request failed unexpectedly: {e}"),
+        )
+    })?
 }
 
 /// 503 `queue_full` with a one-second `Retry-After`.
@@ -249,12 +282,17 @@ pub(crate) async fn post_queue(
 ) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, s.cfg.max_json_bytes).await?;
     let (clear, delete) = clear_or_delete(&parse_json_object(&bytes)?)?;
-    if clear {
-        s.queue.clear_pending();
-    }
-    if !delete.is_empty() {
-        s.queue.delete_pending(&delete);
-    }
+    let state = s.clone();
+    blocking(move || {
+        if clear {
+            state.queue.clear_pending();
+        }
+        if !delete.is_empty() {
+            state.queue.delete_pending(&delete);
+        }
+        Ok(())
+    })
+    .await?;
     s.broadcast_status();
     Ok(empty_ok())
 }
@@ -299,12 +337,16 @@ pub(crate) async fn post_history(
 ) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, s.cfg.max_json_bytes).await?;
     let (clear, delete) = clear_or_delete(&parse_json_object(&bytes)?)?;
-    s.queue.with_history(|h| {
-        if clear {
-            h.clear();
-        }
-        h.delete(&delete);
-    });
+    blocking(move || {
+        s.queue.delete_history(clear, &delete).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the history was changed in memory but not on disk: {e}"),
+            )
+        })
+    })
+    .await?;
     Ok(empty_ok())
 }
 
