@@ -223,9 +223,13 @@ fn build_fixture() -> Fixture {
     };
     write_vae(&models.join(names::VAE16), &wide, 4);
 
-    // The plugin lists checkpoint choices from $ODELT_MODELS_DIR when it is loaded (and validation reads it).
-    std::env::set_var("ODELT_MODELS_DIR", &models);
-    let mut set = PluginSet::new();
+    // The plugin lists checkpoint choices from the host's models directory (and validation reads it).
+    let mut set = PluginSet::for_host(odelt_host::HostDirs {
+        models_dir: models.clone(),
+        output_dir: output.clone(),
+        temp_dir: temp.clone(),
+        ..odelt_host::HostDirs::default()
+    });
     set.load_file(&plugin_path()).expect("load the plugin");
     Fixture {
         root,
@@ -254,6 +258,7 @@ impl Fixture {
                 temp_dir: self.temp.clone(),
                 models_dir: self.models.clone(),
                 cache_runs: 1,
+                ..ExecutorConfig::default()
             },
         )
     }

@@ -39,12 +39,13 @@ pub struct Cli {
 enum Command {
     /// Run a workflow (API-format JSON, or a POST /prompt body with extra_data).
     #[command(
-        after_help = "Examples:\n  odelt run wf.json\n  odelt run wf.json --models-dir ~/models --output-dir out --set 3.seed=7 --set '6.text=\"a cat\"'\n  odelt run wf.json --plugins ./plugins --plugins extra/libmy_nodes.so --device cuda:0\n\nVALUE in --set is parsed as JSON when it can be (numbers, true/false, \"quoted\"), otherwise\ntaken as a string. The run prints {prompt_id, outputs} JSON on stdout; progress goes to stderr.\nCtrl-C cancels the running node at its next progress step (twice: exit at once)."
+        after_help = "Examples:\n  odelt run wf.json\n  odelt run wf.json --models-dir ~/models --output-dir out --set 3.seed=7 --set '6.text=\"a cat\"'\n  odelt run wf.json --plugins ./plugins --plugins extra/libmy_nodes.so --device cuda:0\n\nVALUE in --set is parsed as JSON when it can be (numbers, true/false, \"quoted\"), otherwise\ntaken as a string. The run prints a short summary on stdout (files written, time, cached nodes),
+or the full {prompt_id, outputs} JSON with --json; progress goes to stderr.\nCtrl-C cancels the running node at its next progress step (twice: exit at once)."
     )]
     Run(run::RunArgs),
     /// Print the /object_info JSON of every loaded node.
     #[command(
-        after_help = "Examples:\n  odelt nodes\n  odelt nodes --plugins target/release/libodelt_test_plugin.so | jq 'keys'"
+        after_help = "Examples:\n  odelt nodes\n  odelt nodes --plugins target/release/libodelt_plugin.so | jq 'keys'"
     )]
     Nodes(nodes::NodesArgs),
     /// Serve the ComfyUI HTTP/WebSocket API and the built-in editor.
