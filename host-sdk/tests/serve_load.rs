@@ -1,12 +1,15 @@
 //! Load test of `odelt serve` on loopback (ignored by default; run with
 //! `cargo test --release -p odelt-host --test serve_load -- --ignored --nocapture`):
-//! 8 concurrent clients queue 200 prompts between them, each following its own prompts over
-//! its WebSocket, while a monitor polls GET /queue. Checks that every prompt reaches history
-//! with its outputs, none lost or duplicated, and prints a latency table.
+//! 32 concurrent clients queue 2,000 prompts between them over HTTP, each following its own
+//! prompts over its WebSocket, while a monitor polls GET /queue; once with the queue and
+//! history kept in memory, once persisted (redb, an fsync per commit). Checks that every
+//! prompt reaches history with its outputs exactly once, none lost or duplicated, that the
+//! persisted history is all there after a restart, and prints latency and throughput tables.
 
 mod serve_util;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use serve_util::*;
 
-const CLIENTS: usize = 8;
-const PER_CLIENT: usize = 25;
+const CLIENTS: usize = 32;
+const PROMPTS: usize = 2000;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -28,7 +31,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn summary(name: &str, mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     format!(
-        "| {name:<34} | {:>5} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2} |",
+        "| {name:<44} | {:>5} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2} |",
         v.len(),
         percentile(&v, 0.5),
         percentile(&v, 0.95),
@@ -41,15 +44,28 @@ fn load_prompt(client: usize, k: usize) -> serde_json::Value {
     json!({
         "1": {"class_type": "GradientImage", "inputs": {"width": 32 + (k % 8) as i64, "height": 32}},
         "2": {"class_type": "TestSaveImage", "inputs": {"images": ["1", 0], "filename_prefix": format!("load_c{client}_p{k}")}},
-        "3": {"class_type": "SlowCount", "inputs": {"steps": 4, "step_ms": 1, "tag": (client * 1000 + k) as i64}},
+        "3": {"class_type": "SlowCount", "inputs": {"steps": 2, "step_ms": 0, "tag": (client * 1000 + k) as i64}},
         "4": {"class_type": "ShowNumber", "inputs": {"value": ["3", 0]}}
     })
 }
 
-#[test]
-#[ignore = "load test: run with --ignored --nocapture"]
-fn eight_clients_queue_200_prompts() {
-    let srv = server_with("load", |c| c.max_queue = 1000);
+/// What one run measured.
+struct Report {
+    wall: Duration,
+    post_ms: Vec<f64>,
+    queue_ms: Vec<f64>,
+    e2e_ms: Vec<f64>,
+    max_pending: usize,
+}
+
+/// `CLIENTS` clients queue `PROMPTS` prompts between them (the first ones one more when it
+/// does not divide) and follow them to the end; `state`: persisted there, else in memory.
+fn run(tag: &str, state: Option<PathBuf>) -> Report {
+    let persisted = state.is_some();
+    let srv = server_with(tag, |c| {
+        c.max_queue = PROMPTS + 100;
+        c.state_dir = state.clone();
+    });
     let addr = srv.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = {
@@ -72,13 +88,14 @@ fn eight_clients_queue_200_prompts() {
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
+            let mine = PROMPTS / CLIENTS + usize::from(c < PROMPTS % CLIENTS);
             std::thread::spawn(move || {
                 let cid = format!("load-{c}");
                 let mut ws = WsClient::connect(addr, &cid);
                 ws.next(Duration::from_secs(10)).expect("status on connect");
                 let mut post_ms = Vec::new();
                 let mut sent_at: HashMap<String, Instant> = HashMap::new();
-                for k in 0..PER_CLIENT {
+                for k in 0..mine {
                     let body = json!({"prompt": load_prompt(c, k), "client_id": cid});
                     let t = Instant::now();
                     let r = queue_prompt(addr, body);
@@ -89,8 +106,8 @@ fn eight_clients_queue_200_prompts() {
                 }
                 // Follow completions: each own prompt ends exactly once, no foreign ones.
                 let mut done: HashMap<String, f64> = HashMap::new();
-                let end = Instant::now() + Duration::from_secs(300);
-                while done.len() < PER_CLIENT {
+                let end = Instant::now() + Duration::from_secs(600);
+                while done.len() < mine {
                     let left = end.saturating_duration_since(Instant::now());
                     let m = ws.next(left).expect("completion events");
                     if m.ty() == "executing" && m.data()["node"].is_null() {
@@ -127,7 +144,7 @@ fn eight_clients_queue_200_prompts() {
     // Every prompt is in history once, successful, with its own PNG.
     let history = get(addr, "/history").json();
     let history = history.as_object().unwrap();
-    assert_eq!(history.len(), CLIENTS * PER_CLIENT);
+    assert_eq!(history.len(), PROMPTS);
     let mut files = HashSet::new();
     for id in &ids {
         let e = &history[id];
@@ -135,26 +152,68 @@ fn eight_clients_queue_200_prompts() {
         let f = e["outputs"]["2"]["images"][0]["filename"].as_str().unwrap();
         assert!(srv.output_dir().join(f).is_file(), "{f} missing");
         assert!(files.insert(f.to_string()), "{f} reported twice");
-        assert_eq!(e["outputs"]["4"]["text"][0], "4");
+        assert_eq!(e["outputs"]["4"]["text"][0], "2");
     }
-    assert_eq!(files.len(), CLIENTS * PER_CLIENT);
+    assert_eq!(files.len(), PROMPTS);
     let queue_max = queue_ms.iter().cloned().fold(0.0, f64::max);
+    assert!(queue_max < 5000.0, "GET /queue took {queue_max} ms");
+    let before = get(addr, "/history").json();
+    srv.handle.stop();
+    if persisted {
+        // The persisted history is all there after a restart.
+        let t = Instant::now();
+        let again = server_with(&format!("{tag}-again"), |c| c.state_dir = state.clone());
+        let reopened = t.elapsed();
+        let after = get(again.addr, "/history").json();
+        assert_eq!(after, before, "history after a restart differs");
+        println!(
+            "restart with {} history entries on disk: {:.0} ms to listen",
+            PROMPTS,
+            reopened.as_secs_f64() * 1e3
+        );
+        again.handle.stop();
+    }
+    Report {
+        wall,
+        post_ms,
+        queue_ms,
+        e2e_ms,
+        max_pending,
+    }
+}
 
+#[test]
+#[ignore = "load test: run with --ignored --nocapture"]
+fn thirty_two_clients_queue_2000_prompts_in_memory_and_persisted() {
+    let memory = run("load-mem", None);
+    let state = temp_dir("load-state");
+    let disk = run("load-disk", Some(state));
     println!(
-        "\nodelt serve load test: {CLIENTS} clients x {PER_CLIENT} prompts = {} prompts, loopback",
-        CLIENTS * PER_CLIENT
+        "\nodelt serve load test: {CLIENTS} clients (HTTP POST + own WebSocket), {PROMPTS} prompts, loopback; \
+         none lost or duplicated in either mode\n"
     );
-    println!(
-        "wall {:.2} s, {:.1} prompts/s, max pending seen {max_pending}, history {} entries, {} distinct PNGs\n",
-        wall.as_secs_f64(),
-        (CLIENTS * PER_CLIENT) as f64 / wall.as_secs_f64(),
-        history.len(),
-        files.len()
-    );
-    println!("| latency (ms)                       |     n |      p50 |      p95 |      p99 |      max |");
-    println!("|------------------------------------|-------|----------|----------|----------|----------|");
-    println!("{}", summary("GET /queue during the run", queue_ms));
-    println!("{}", summary("POST /prompt (validate + enqueue)", post_ms));
-    println!("{}", summary("prompt end-to-end (POST to end)", e2e_ms));
-    assert!(queue_max < 2000.0, "GET /queue took {queue_max} ms");
+    println!("| mode      | wall (s) | prompts/s | max pending seen |");
+    println!("|-----------|----------|-----------|------------------|");
+    for (name, r) in [("in memory", &memory), ("persisted", &disk)] {
+        println!(
+            "| {name} | {:>8.2} | {:>9.1} | {:>16} |",
+            r.wall.as_secs_f64(),
+            PROMPTS as f64 / r.wall.as_secs_f64(),
+            r.max_pending
+        );
+    }
+    println!();
+    println!("| latency (ms)                                 |     n |      p50 |      p95 |      p99 |      max |");
+    println!("|----------------------------------------------|-------|----------|----------|----------|----------|");
+    for (name, r) in [("in memory", memory), ("persisted", disk)] {
+        println!("{}", summary(&format!("POST /prompt, {name}"), r.post_ms));
+        println!(
+            "{}",
+            summary(&format!("GET /queue during the run, {name}"), r.queue_ms)
+        );
+        println!(
+            "{}",
+            summary(&format!("prompt end-to-end, {name}"), r.e2e_ms)
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! With a [`Store`] every change is also written to disk ([`super::store`]): a prompt is queued
 //! in memory only once its record is committed, so `POST /prompt` answers only for prompts that
-//! survive a crash; the worker marks a prompt as started before running it and replaces its
+//! survive a crash; the worker marks a prompt as started as it runs it and replaces its
 //! record by the history entry in one commit when it ends. [`Queue::restore`] puts back what a
 //! previous server left: a prompt that was running goes first (`rank` 0), marked as restarted.
 
@@ -208,6 +208,9 @@ impl History {
 pub(crate) struct Running {
     pub item: Arc<QueueItem>,
     pub cancel: CancelToken,
+    /// The commit of its "started" mark, waited for when it ends (the run need not wait:
+    /// the end's commit comes after it on the same writer).
+    started: Option<Ticket>,
 }
 
 struct State {
@@ -456,7 +459,8 @@ impl Queue {
     }
 
     /// Blocks until there is work: pending `/free` requests are handled between prompts. A
-    /// prompt is marked as started on disk before it is handed out.
+    /// prompt is marked as started on disk as it is handed out (the commit runs alongside the
+    /// prompt; [`Queue::finish`] waits for it).
     pub fn next(&self) -> Next {
         let mut s = lock(&self.state);
         loop {
@@ -473,20 +477,16 @@ impl Queue {
                 let item = s.pending.remove(0);
                 s.pending_bytes -= item.bytes;
                 let cancel = CancelToken::new();
+                let started = s
+                    .store
+                    .is_some()
+                    .then(|| s.send(vec![Op::PutPending(Box::new(item.record(item.starts + 1)))]));
                 s.running = Some(Running {
                     item: item.clone(),
                     cancel: cancel.clone(),
+                    started,
                 });
-                let ticket = if s.store.is_some() {
-                    s.send(vec![Op::PutPending(Box::new(item.record(item.starts + 1)))])
-                } else {
-                    Ticket::done()
-                };
                 drop(s);
-                log_store(
-                    &format!("marking prompt {} as started", item.prompt_id),
-                    ticket.wait(),
-                );
                 return Next::Run(item, cancel);
             }
             s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -497,11 +497,14 @@ impl Queue {
     /// clears `running`. Returns once the entry is durable.
     pub fn finish(&self, prompt_id: &str, entry: Json) {
         let mut s = lock(&self.state);
-        s.running = None;
+        let started = s.running.take().and_then(|r| r.started);
         s.ids.remove(prompt_id);
         let ticket = s.put_history(prompt_id, entry);
         drop(s);
         self.cond.notify_all();
+        if let Some(t) = started {
+            log_store(&format!("marking prompt {prompt_id} as started"), t.wait());
+        }
         log_store(
             &format!("storing the history of prompt {prompt_id}"),
             ticket.wait(),
