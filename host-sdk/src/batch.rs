@@ -213,8 +213,6 @@ impl Workflow {
     }
 
     /// Runs the workflow once (options' `extra_pnginfo` defaults to the workflow's own).
-    // The error carries the executor's RunError as it is (its validation report is large).
-    #[allow(clippy::result_large_err)]
     pub fn run(
         &self,
         exec: &Executor,

@@ -95,7 +95,7 @@ impl KeyHasher {
     fn new() -> Self {
         let a = std::collections::hash_map::DefaultHasher::new();
         let mut b = std::collections::hash_map::DefaultHasher::new();
-        0x6f64_656c_74u64.hash(&mut b);
+        0x6f_6465_6c74_u64.hash(&mut b);
         KeyHasher(a, b)
     }
     fn add<T: Hash + ?Sized>(&mut self, v: &T) {

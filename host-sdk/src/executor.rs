@@ -18,6 +18,7 @@ use odelt_contract::{
 use serde_json::{Map, Value as Json};
 
 use crate::cache::{compute_keys, CacheEntry, CacheKey, OutputCache};
+use crate::dirs::{ExtraModelDirs, HostDirs, HostStrings};
 use crate::events::{CancelToken, Event, EventKind, EventSink, Preview};
 use crate::loader::PluginSet;
 use crate::node_io::{check_output, gather_inputs};
@@ -25,7 +26,6 @@ use crate::pool;
 use crate::prompt::Prompt;
 use crate::schedule::{schedule, Schedule};
 use crate::sync::lock;
-use crate::dirs::{ExtraModelDirs, HostDirs, HostStrings};
 use crate::validate::{validate, Plan, ValidateOptions, ValidationFailure};
 
 /// How an [`Executor`] runs nodes.

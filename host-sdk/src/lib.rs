@@ -32,6 +32,9 @@
 //! [`executor`] (running), [`events`] (event stream, cancel token), [`batch`] (scripts),
 //! [`serve`] (the ComfyUI-compatible HTTP/WebSocket server and built-in editor of `odelt serve`).
 #![warn(missing_docs)]
+// Validation failures carry ComfyUI's whole `node_errors` map by value; they are made once per refused prompt, off
+// any hot path, so boxing them would only add noise to every caller.
+#![allow(clippy::result_large_err)]
 
 pub mod batch;
 pub mod cache;
@@ -39,11 +42,11 @@ pub mod dirs;
 pub mod events;
 pub mod executor;
 pub mod loader;
-pub mod prompt;
-pub mod serve;
 mod node_io;
 mod pool;
+pub mod prompt;
 mod schedule;
+pub mod serve;
 mod sync;
 pub mod validate;
 

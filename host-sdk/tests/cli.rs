@@ -247,6 +247,7 @@ fn interrupted_run_exits_130() {
         .status();
     if !kill.map(|s| s.success()).unwrap_or(false) {
         let _ = child.kill();
+        let _ = child.wait();
         eprintln!("no `kill` command; skipping the signal part");
         return;
     }

@@ -66,12 +66,7 @@ fn deep_nesting_hits_the_recursion_limit_not_the_stack() {
         Err(PromptError::Json(_))
     ));
     // Moderate nesting that parses is a wrong literal type, not a crash.
-    let nested: Value = serde_json::from_str(&format!(
-        "{}1{}",
-        "{\"__value__\":".repeat(1),
-        "}".repeat(1)
-    ))
-    .unwrap();
+    let nested: Value = serde_json::from_str(&format!("{}1{}", "{\"__value__\":", "}")).unwrap();
     let t = validation_types(
         json!({"1": {"class_type": "Add", "inputs": {"a": [[[[[[1]]]]]], "b": nested}}, "2": {"class_type": "ShowNumber", "inputs": {"value": ["1", 0]}}}),
     );

@@ -141,7 +141,10 @@ fn check_config(config: &str) -> Vec<(String, f64)> {
 }
 
 fn assert_all(errs: &[(String, f64)]) {
-    let bad: Vec<_> = errs.iter().filter(|(_, e)| e.is_nan() || *e >= TOL).collect();
+    let bad: Vec<_> = errs
+        .iter()
+        .filter(|(_, e)| e.is_nan() || *e >= TOL)
+        .collect();
     assert!(bad.is_empty(), "rel L2 >= {TOL:e}: {bad:?}");
 }
 

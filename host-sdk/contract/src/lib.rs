@@ -143,8 +143,8 @@ pub use descriptor::{
 };
 pub use error::{ErrorKind, NodeError, ValidationIssue};
 pub use plugin::{
-    catch_panic, install_quiet_panic_hook, linked_input, literal_values, Inputs, LinkedInput,
-    Node, NodeRegistry, Validation,
+    catch_panic, install_quiet_panic_hook, linked_input, literal_values, Inputs, LinkedInput, Node,
+    NodeRegistry, Validation,
 };
 pub use root_module::{NodeOutput, PluginInfo, PluginMod, PluginMod_Ref, CONTRACT_VERSION};
 pub use value::{DType, Handle, NamedValue, OpaqueBox, OpaqueObject, TensorBuf, Value};

@@ -316,7 +316,7 @@ fn main() -> Result<()> {
         "odelt host overhead benchmark (plugin {}, {workers} workers)",
         a.plugin.display()
     );
-    println!("{:<58} {:>10}  {}", "measurement", "µs", "notes");
+    println!("{:<58} {:>10}  notes", "measurement", "µs");
     println!("{}", "-".repeat(110));
     for (name, d, note) in &rows {
         println!("{:<58} {}  {}", name, us(*d), note);

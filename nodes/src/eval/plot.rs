@@ -322,7 +322,7 @@ pub fn fmt_tick(v: f64) -> String {
         return "0".into();
     }
     let a = v.abs();
-    if a >= 100_000.0 || a < 1e-3 {
+    if !(1e-3..100_000.0).contains(&a) {
         return format!("{v:.0e}");
     }
     if (v - v.round()).abs() < 1e-9 {

@@ -122,12 +122,11 @@ fn format_name(f: ImageFormat) -> Option<&'static str> {
     }
 }
 
+/// A decoder ready to read the pixels, the format's name and the size `(width, height)`.
+type Opened = (Box<dyn ImageDecoder>, &'static str, (u32, u32));
+
 /// Opens `path` and checks its signature and header: a decoder ready to read the pixels, its format and size.
-fn open_decoder(
-    path: &Path,
-    name: &str,
-    max_pixels: u64,
-) -> Result<(Box<dyn ImageDecoder>, &'static str, (u32, u32))> {
+fn open_decoder(path: &Path, name: &str, max_pixels: u64) -> Result<Opened> {
     let file = File::open(path).map_err(|source| Error::Io {
         path: PathBuf::from(name),
         source,

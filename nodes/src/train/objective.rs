@@ -353,10 +353,7 @@ mod tests {
                 assert!(y[i] == labels[i] || y[i] == 3);
             }
         }
-        assert!(
-            y[2..].contains(&3),
-            "some labels dropped at p=0.5"
-        );
+        assert!(y[2..].contains(&3), "some labels dropped at p=0.5");
     }
 
     #[test]
