@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -41,8 +42,11 @@ def free_port() -> int:
 def http(url: str, body: object = None, timeout: float = 30) -> object:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:  # ComfyUI explains a 400 (validation) in the body
+        raise SystemExit(f"{req.get_method()} {url}: HTTP {e.code}: {e.read().decode(errors='replace')[:4000]}")
 
 
 def pixels(path: str, py: str) -> list:
@@ -143,11 +147,13 @@ def main() -> int:
                             "--models-dir", str(REPO / "models"), "--output-dir", str(cli_out), "-q"],
                            check=True, capture_output=True, cwd=work)
             cli = sorted((cli_out / "fashion").glob("generate_*.png"))
+            if len(cli) != len(files):
+                failures.append(f"odelt run wrote {len(cli)} PNGs, ComfyUI {len(files)}")
             for f, c in zip(sorted(files), cli):
                 if pixels(str(f), py) != pixels(str(c), py):
                     failures.append(f"{f.name} differs from odelt run's {c.name}")
             if not failures:
-                print("== the images equal `odelt run`'s, pixel for pixel")
+                print(f"== the {len(files)} images equal `odelt run`'s, pixel for pixel (RGB values by Pillow)")
     finally:
         server.terminate()
         try:

@@ -74,6 +74,26 @@ def comfy_node_names() -> frozenset:
         return COMFY_CORE_NODES
 
 
+def comfy_model_choices(choices: list, kind: str) -> list:
+    """A model-folder combo as ComfyUI lists it: the plugin names files under its models directory
+    (``checkpoints/x.safetensors`` when ComfyUI's models folder is the plugin's), ComfyUI names them relative to
+    the folder kind (``x.safetensors``), which is what ComfyUI's own loaders and saved workflows use."""
+    prefix = kind + "/"
+    out: list = []
+    for c in choices:
+        name = c[len(prefix):] if isinstance(c, str) and c.startswith(prefix) else c
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def plugin_model_value(value: Any, choices: list, kind: str) -> Any:
+    """The plugin's name of a model-folder combo value ComfyUI sends (the inverse of comfy_model_choices)."""
+    if isinstance(value, str) and value not in choices and f"{kind}/{value}" in choices:
+        return f"{kind}/{value}"
+    return value
+
+
 def convert_spec(spec: list) -> list:
     """One input spec ``[TYPE or choices, options]`` for ComfyUI (types namespaced, options as described)."""
     ty = spec[0]
@@ -168,6 +188,9 @@ def make_node_class(holder: HostHolder, info: dict, class_name: str) -> type:
             specs = current.get(part, {})
             if specs:
                 d[part] = {n: convert_spec(s) for n, s in specs.items()}
+                for n, kind in MODEL_FOLDER_INPUTS.items():
+                    if n in d[part] and isinstance(d[part][n][0], list):
+                        d[part][n][0] = comfy_model_choices(d[part][n][0], kind)
         d.setdefault("required", {})
         d["hidden"] = {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
         return d
@@ -176,6 +199,13 @@ def make_node_class(holder: HostHolder, info: dict, class_name: str) -> type:
         host = holder.get()
         node_id = str(unique_id) if unique_id is not None else "0"
         values = {k: to_plugin_value(v, in_types.get(k)) for k, v in kwargs.items()}
+        current = None
+        for n, kind in MODEL_FOLDER_INPUTS.items():
+            if n in values:
+                current = current or host.nodes().get(plugin_name, info)["input"]
+                spec = current.get("required", {}).get(n) or current.get("optional", {}).get(n) or [[]]
+                if isinstance(spec[0], list):
+                    values[n] = plugin_model_value(values[n], spec[0], kind)
         bar: Dict[str, Any] = {}
 
         def on_progress(ev: dict) -> None:

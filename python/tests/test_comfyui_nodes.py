@@ -202,3 +202,14 @@ def test_the_example_ui_workflow_runs_through_the_node_classes(comfy, tmp_path):
         outputs[nid] = m[node["class_type"]]().run(unique_id=nid, **kwargs)
     r = odelt.Host(models_dir=MODELS, output_dir=tmp_path).run(GENERATE)
     assert np.array_equal(outputs["5"][0], r.images["5"])
+
+
+def test_model_folder_combos_use_comfyuis_names(comfy):
+    # With ComfyUI's models folder as the plugin's, the plugin lists checkpoints/x; ComfyUI's loaders and saved
+    # workflows name it x. The combo shows ComfyUI's names and a run maps them back.
+    b = comfy.pkg.bridge
+    plugin = ["checkpoints/a.safetensors", "b.safetensors", "checkpoints/b.safetensors"]
+    assert b.comfy_model_choices(plugin, "checkpoints") == ["a.safetensors", "b.safetensors"]
+    assert b.plugin_model_value("a.safetensors", plugin, "checkpoints") == "checkpoints/a.safetensors"
+    assert b.plugin_model_value("b.safetensors", plugin, "checkpoints") == "b.safetensors"
+    assert b.plugin_model_value("missing.safetensors", plugin, "checkpoints") == "missing.safetensors"
