@@ -85,6 +85,19 @@ pub fn latent(host: &HostContext<'_>, link: LinkedInput<'_>) -> Option<LatentInf
                 source: format!("the model's {c} channels"),
             })
         }
+        class::ENCODE => {
+            // The encoder makes latents for its model: channels known, size follows the picture.
+            let mi = model_at(host, linked_input(link.inputs?, "model")?, MAX_DEPTH - 1)?;
+            let c = mi.config.in_channels;
+            Some(LatentInfo {
+                channels: c,
+                size: None,
+                source: format!("ODEt Encode's {c} channels"),
+            })
+        }
+        // The mask rides along; the latent is the one it was given (links nest at most as deep as the host
+        // describes them, so this ends).
+        class::SET_NOISE_MASK => latent(host, linked_input(link.inputs?, "samples")?),
         class::LOAD_LATENT => {
             let name = parse_upstream(&link, latent_files::latent_name)?;
             let path = latent_files::resolve(host, &name).ok()?;
@@ -107,4 +120,71 @@ pub fn vae_channels(host: &HostContext<'_>, link: LinkedInput<'_>) -> Option<(us
     let name = parse_upstream(&link, vae_loader::vae_name)?;
     let (_, path) = vae_loader::locate(host, &name).ok()?;
     Some((vae_latent_channels(&path).ok()??, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use odelt_contract::abi_stable::std_types::RStr;
+    use serde_json::{json, Value};
+
+    fn models_dir_with(tag: &str, cfg: &DitConfig) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("odelt-upstream-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let params = odelt_nodes::params::random_params(cfg, 0).unwrap();
+        odelt_nodes::checkpoint::safetensors_format::save(
+            &d.join("m.safetensors"),
+            cfg,
+            &params,
+            &[],
+        )
+        .unwrap();
+        d
+    }
+
+    fn loader() -> Value {
+        json!({"$link": ["1", 0], "class_type": class::LOADER, "inputs": {
+            "ckpt_name": "m.safetensors", "weights": "params", "preset": "auto", "num_heads": 0,
+            "depth_group": 0, "depth_min": 0, "input_size": 0, "latent_scale": 0.0, "precision": "fp32"}})
+    }
+
+    #[test]
+    fn latents_are_followed_through_the_noise_mask_and_the_encoder() {
+        let cfg = DitConfig {
+            input_size: 8,
+            in_channels: 3,
+            patch_size: 2,
+            hidden_size: 16,
+            depth: 4,
+            num_heads: 2,
+            mlp_hidden: 32,
+            num_classes: 3,
+            depth_group: 2,
+            depth_min: 2,
+            length_embedding: true,
+            latent_scale: 1.0,
+        };
+        let dir = models_dir_with("mask", &cfg);
+        let d = dir.display().to_string();
+        let host = HostContext {
+            models_dir: RStr::from_str(&d),
+            ..HostContext::detached()
+        };
+        let empty = json!({"$link": ["3", 0], "class_type": class::EMPTY_LATENT,
+                           "inputs": {"model": loader(), "batch_size": 2}});
+        let masked = json!({"$link": ["5", 0], "class_type": class::SET_NOISE_MASK,
+                            "inputs": {"samples": empty, "mask": {"$link": ["9", 1]}}});
+        let li = latent(&host, LinkedInput::from_json(&masked).unwrap()).unwrap();
+        assert_eq!((li.channels, li.size), (3, Some((8, 8))));
+        let encoded = json!({"$link": ["4", 0], "class_type": class::ENCODE,
+                             "inputs": {"pixels": {"$link": ["2", 0]}, "model": loader(), "mode": "mean", "seed": 0}});
+        let li = latent(&host, LinkedInput::from_json(&encoded).unwrap()).unwrap();
+        assert_eq!((li.channels, li.size), (3, None));
+        // A mask over a link the host did not describe: unknown, so the check is skipped.
+        let opaque = json!({"$link": ["5", 0], "class_type": class::SET_NOISE_MASK,
+                            "inputs": {"samples": {"$link": ["3", 0]}}});
+        assert!(latent(&host, LinkedInput::from_json(&opaque).unwrap()).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
