@@ -211,6 +211,22 @@ fn cycles_and_self_links() {
         "1",
         "dependency_cycle",
     );
+    // Validate hooks never see a node on or after a cycle: describing its links would expand the cycle up to
+    // the depth and budget limits (slow, and pointless: the node fails anyway).
+    let (v, _) = failure(json!({
+        "1": {"class_type": "EvenOnly", "inputs": {"value": ["2", 0]}},
+        "2": {"class_type": "EvenOnly", "inputs": {"value": ["1", 0]}},
+        "3": {"class_type": "ValidateEcho", "inputs": {"value": ["1", 0]}}
+    }));
+    let text = v.to_json().to_string();
+    assert!(
+        v.node_error_types("1").contains(&"dependency_cycle".into()),
+        "{text}"
+    );
+    assert!(
+        !text.contains("custom_validation_failed"),
+        "a hook saw a cyclic graph: {text}"
+    );
 }
 
 #[test]

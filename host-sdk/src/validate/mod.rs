@@ -228,17 +228,21 @@ pub fn validate(
             stack.extend(deps[i].iter().copied().filter(|&d| !reachable[d]));
         }
     }
-    // 4. Local checks of reachable nodes.
-    let mut checked: Vec<Option<Checked>> = (0..nodes.len())
-        .map(|i| {
-            reachable[i]
-                .then(|| check_node(prompt, plugins, i, &entries[i].info, entries[i].plugin))
-        })
-        .collect();
-    // 5. Cycles: peel sources (Kahn) then sinks; what remains is on or between cycles.
+    // 4. Kahn's order of the reachable nodes: what it leaves out is on a cycle or downstream of one.
     let order = kahn(&deps, &reachable);
     let mut in_order = vec![false; nodes.len()];
     order.iter().for_each(|&i| in_order[i] = true);
+    // 5. Local checks of reachable nodes. Plugins' validate hooks only see acyclic nodes: a node on or after a
+    // cycle fails anyway, and describing its links would expand the cycle up to the depth and budget limits.
+    let mut checked: Vec<Option<Checked>> = (0..nodes.len())
+        .map(|i| {
+            reachable[i].then(|| {
+                let e = &entries[i];
+                check_node(prompt, plugins, i, &e.info, e.plugin, in_order[i])
+            })
+        })
+        .collect();
+    // 6. Cycles: peel sinks off what Kahn left; what remains is on or between cycles.
     let mut cyclic: Vec<bool> = (0..nodes.len())
         .map(|i| reachable[i] && !in_order[i])
         .collect();
@@ -255,13 +259,13 @@ pub fn validate(
             }
         }
     }
-    // 6. A node is ok when it and everything upstream is.
+    // 7. A node is ok when it and everything upstream is.
     let mut ok = vec![false; nodes.len()];
     for &i in &order {
         ok[i] = checked[i].as_ref().is_some_and(|c| c.errors.is_empty())
             && deps[i].iter().all(|&d| ok[d]);
     }
-    // 7. node_errors with dependent outputs.
+    // 8. node_errors with dependent outputs.
     let mut node_errors = Map::new();
     let mut dependents: Vec<Vec<String>> = vec![Vec::new(); nodes.len()];
     for &o in &outputs {
@@ -308,7 +312,7 @@ pub fn validate(
             node_errors,
         });
     }
-    // 8. The plan: nodes the good outputs need, in topological order.
+    // 9. The plan: nodes the good outputs need, in topological order.
     let mut needed = vec![false; nodes.len()];
     for &o in &good {
         for i in upstream(&deps, o) {
@@ -371,6 +375,7 @@ fn check_node(
     i: usize,
     info: &NodeInfo,
     plugin: usize,
+    acyclic: bool,
 ) -> Checked {
     let node = &prompt.nodes()[i];
     let mut errors = Vec::new();
@@ -458,7 +463,7 @@ fn check_node(
             },
         }
     }
-    if info.odelt.validates_inputs {
+    if info.odelt.validates_inputs && acyclic {
         // Linked inputs are described with their upstream nodes (see `link_context`).
         let mut budget = LINK_CONTEXT_BUDGET;
         for (name, _, _) in declared(info) {
