@@ -426,3 +426,14 @@ pub fn sampler_inputs(
         ("add_noise", add_noise.into()),
     ]
 }
+
+/// Asserts a child process succeeded, showing its status and output otherwise.
+pub fn assert_success(o: &std::process::Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

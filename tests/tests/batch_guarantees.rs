@@ -58,16 +58,6 @@ fn batch_cmd(out: &Path, extra: &[&str]) -> Command {
     c
 }
 
-fn check(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?}):\n{}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn odelt(args: &[&str], dir: &Path) -> Output {
     Command::new(odelt_bin())
         .args(args)
@@ -109,7 +99,7 @@ fn reference() -> &'static (BTreeMap<String, Vec<u8>>, Duration) {
         let t = Instant::now();
         let o = batch_cmd(&d, &[]).output().unwrap();
         let took = t.elapsed();
-        check(&o, "unsharded batch");
+        assert_success(&o, "unsharded batch");
         let s: Json = serde_json::from_slice(&o.stdout).expect("summary JSON on stdout");
         assert_eq!(s["ran"], ITEMS);
         assert_eq!(s["shard"], "0/1");
@@ -161,7 +151,7 @@ fn union_of_shards_is_the_unsharded_run_byte_for_byte() {
         })
         .collect();
     for k in kids {
-        check(&k.wait_with_output().unwrap(), "a shard");
+        assert_success(&k.wait_with_output().unwrap(), "a shard");
     }
     let got = tree(&d);
     assert_eq!(
@@ -180,7 +170,7 @@ fn union_of_shards_is_the_unsharded_run_byte_for_byte() {
 
     // A rerun of a finished shard does nothing.
     let o = batch_cmd(&d, &["--shard", "1/3"]).output().unwrap();
-    check(&o, "rerun");
+    assert_success(&o, "rerun");
     let s: Json = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         (s["ran"].as_u64(), s["skipped_done"].as_u64()),
@@ -189,10 +179,10 @@ fn union_of_shards_is_the_unsharded_run_byte_for_byte() {
 
     // status: complete; merge: every item once, in order, with its overrides and files.
     let st = odelt(&["batch", "status"], &d);
-    check(&st, "status");
+    assert_success(&st, "status");
     assert!(String::from_utf8_lossy(&st.stdout).contains(&format!("{ITEMS}/{ITEMS} items done")));
     let m = odelt(&["batch", "merge", "--npz-by", "2.active_blocks"], &d);
-    check(&m, "merge");
+    assert_success(&m, "merge");
     let index = std::fs::read_to_string(d.join("index.jsonl")).unwrap();
     let lines: Vec<Json> = index
         .lines()
@@ -256,7 +246,7 @@ fn a_shard_killed_at_random_points_and_rerun_ends_with_the_same_files() {
     let (want, took) = reference();
     let d = fresh("kill");
     // Shard 0/2 runs undisturbed; shard 1/2 is killed again and again.
-    check(
+    assert_success(
         &batch_cmd(&d, &["--shard", "0/2"]).output().unwrap(),
         "shard 0/2",
     );
@@ -333,7 +323,7 @@ fn a_shard_killed_at_random_points_and_rerun_ends_with_the_same_files() {
         "status never reported the killed shard as interrupted"
     );
     let o = batch_cmd(&d, &["--shard", "1/2"]).output().unwrap();
-    check(&o, "the final rerun");
+    assert_success(&o, "the final rerun");
     let got = tree(&d);
     assert_eq!(got.len(), want.len(), "no file missing, none extra");
     for (k, v) in want {
@@ -351,7 +341,7 @@ fn a_shard_killed_at_random_points_and_rerun_ends_with_the_same_files() {
         .collect();
     assert!(staging.is_empty(), "no half-written item left behind");
     let st = odelt(&["batch", "status"], &d);
-    check(&st, "status after the rerun");
+    assert_success(&st, "status after the rerun");
     eprintln!(
         "kill points: {kills} kills ({progressed} after finished items, {mid_item} inside an item), \
          {finished_early} runs finished before their kill point"

@@ -8,16 +8,6 @@ use std::process::{Command, Output};
 use odelt_tests::*;
 use serde_json::Value as Json;
 
-fn check(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?}):\n{}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn shard(out: &Path, i: usize) -> Output {
     let f = fixture();
     Command::new(odelt_bin())
@@ -43,14 +33,14 @@ fn two_shards_merged_into_an_npz_are_scored_by_odelt_model() {
     let d = fixture().root.join("batch-score");
     let _ = std::fs::remove_dir_all(&d);
     for i in 0..2 {
-        check(&shard(&d, i), "odelt batch shard");
+        assert_success(&shard(&d, i), "odelt batch shard");
     }
     let m = Command::new(odelt_bin())
         .args(["batch", "merge", "--npz"])
         .arg(&d)
         .output()
         .unwrap();
-    check(&m, "odelt batch merge --npz");
+    assert_success(&m, "odelt batch merge --npz");
     let npz = d.join("merged/all.npz");
     assert!(npz.is_file(), "merge wrote {}", npz.display());
 
@@ -63,7 +53,7 @@ fn two_shards_merged_into_an_npz_are_scored_by_odelt_model() {
             .args(extra)
             .output()
             .unwrap();
-        check(&o, "odelt-model score");
+        assert_success(&o, "odelt-model score");
         o
     };
     // 4 items × generate.json's 10 images (classes 0..9 in order).
