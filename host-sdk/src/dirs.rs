@@ -261,6 +261,14 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+impl HostDirs {
+    /// Calls `f` with these directories as the contract's [`HostContext`] (paths made absolute), e.g. for a
+    /// [`crate::node_call::CallSite`].
+    pub fn with_context<R>(&self, f: impl FnOnce(&HostContext<'_>) -> R) -> R {
+        f(&HostStrings::of(self).context())
+    }
+}
+
 /// [`HostDirs`] as the strings a [`HostContext`] borrows (paths made absolute, so a plugin's
 /// view does not depend on the working directory of the thread that asks).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,16 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::{ROption, RStr};
-use odelt_contract::{
-    ErrorKind, ExecContext, HostHooks, NamedValue, NodeError, NodeOutput, PreviewImage, Value,
-};
+use odelt_contract::{ErrorKind, NamedValue, NodeError, NodeOutput, Value};
 use serde_json::{Map, Value as Json};
 
 use crate::cache::{compute_keys, CacheEntry, CacheKey, OutputCache};
 use crate::dirs::{ExtraModelDirs, HostDirs, HostStrings};
-use crate::events::{CancelToken, Event, EventKind, EventSink, Preview};
+use crate::events::{CancelToken, Event, EventKind, EventSink};
 use crate::loader::PluginSet;
+use crate::node_call::{call_node, CallSite};
 use crate::node_io::{check_output, gather_inputs};
 use crate::pool;
 use crate::prompt::Prompt;
@@ -261,63 +259,8 @@ struct RunCtx<'a> {
     aborted: AtomicBool,
 }
 
-/// Passed to the plugin's hooks as the opaque pointer.
-struct HookData<'a> {
-    run: &'a RunCtx<'a>,
-    node_id: &'a str,
-}
-
 fn emit_safely(sink: &dyn EventSink, ev: Event) {
     let _ = catch_unwind(AssertUnwindSafe(|| sink.emit(&ev)));
-}
-
-extern "C" fn hook_progress(
-    data: *const (),
-    value: u64,
-    max: u64,
-    preview: ROption<PreviewImage<'_>>,
-) {
-    // SAFETY: `data` is the `HookData` built in `invoke`, alive for the whole plugin call.
-    let d = unsafe { &*(data as *const HookData<'_>) };
-    let preview = preview.into_option().map(|p| Preview {
-        format: p.format,
-        width: p.width,
-        height: p.height,
-        data: p.data.as_slice().to_vec(),
-    });
-    emit_safely(
-        d.run.sink,
-        Event::new(
-            d.run.prompt_id.clone(),
-            EventKind::Progress {
-                node_id: d.node_id.to_string(),
-                value,
-                max,
-                preview,
-            },
-        ),
-    );
-}
-
-extern "C" fn hook_cancelled(data: *const ()) -> bool {
-    // SAFETY: see hook_progress.
-    let d = unsafe { &*(data as *const HookData<'_>) };
-    d.run.cancel.is_cancelled()
-}
-
-extern "C" fn hook_text(data: *const (), text: RStr<'_>) {
-    // SAFETY: see hook_progress.
-    let d = unsafe { &*(data as *const HookData<'_>) };
-    emit_safely(
-        d.run.sink,
-        Event::new(
-            d.run.prompt_id.clone(),
-            EventKind::ProgressText {
-                node_id: d.node_id.to_string(),
-                text: text.to_string(),
-            },
-        ),
-    );
 }
 
 impl Executor {
@@ -565,34 +508,16 @@ impl Executor {
                     },
                 ),
             );
-            let hook_data = HookData {
-                run,
+            let site = CallSite {
                 node_id: &node.id,
+                class_type: &node.class_type,
+                prompt_id: run.prompt_id.clone(),
+                prompt_json: &run.prompt_json,
+                extra_pnginfo: &run.extra_pnginfo,
+                host: self.host.context(),
             };
-            // SAFETY: hook_data outlives the call; the hooks only read it and never unwind.
-            let hooks = unsafe {
-                HostHooks::new(
-                    &hook_data as *const HookData<'_> as *const (),
-                    hook_progress,
-                    hook_cancelled,
-                    hook_text,
-                )
-            };
-            let ctx = ExecContext {
-                node_id: RStr::from_str(&node.id),
-                class_type: RStr::from_str(&node.class_type),
-                prompt_id: RStr::from_str(&run.prompt_id),
-                device: RStr::from_str(&self.config.device),
-                prompt_json: RStr::from_str(&run.prompt_json),
-                extra_pnginfo_json: RStr::from_str(&run.extra_pnginfo),
-                output_dir: RStr::from_str(&self.host.output_dir),
-                temp_dir: RStr::from_str(&self.host.temp_dir),
-                models_dir: RStr::from_str(&self.host.models_dir),
-                input_dir: RStr::from_str(&self.host.input_dir),
-                hooks,
-                extra_model_dirs: RStr::from_str(&self.host.extra_model_dirs),
-            };
-            self.plugins.plugins()[node.plugin].execute(&node.class_type, &inputs, &ctx)
+            let plugin = &self.plugins.plugins()[node.plugin];
+            call_node(plugin, &site, &inputs, run.sink, run.cancel)
         }))
         .unwrap_or_else(|_| {
             Err(NodeError::failed(

@@ -42,6 +42,7 @@ pub mod dirs;
 pub mod events;
 pub mod executor;
 pub mod loader;
+pub mod node_call;
 mod node_io;
 mod pool;
 pub mod prompt;

@@ -1,16 +1,12 @@
 //! `Host.call`: one node run with Python values, outside any workflow (no cache, no graph). Widget values go
 //! through the host's own literal checks (ranges, combos, INT to FLOAT); tensors come from numpy arrays and
-//! handles from `odelt.Handle` objects.
+//! handles from `odelt.Handle` objects. The call itself is `odelt_host::node_call::call_node`, as in the executor.
 
-use std::sync::Arc;
-
-use odelt_host::odelt_contract::abi_stable::std_types::{ROption, RStr, RString};
+use odelt_host::odelt_contract::abi_stable::std_types::RString;
 use odelt_host::odelt_contract::{
-    types, ExecContext, HostHooks, InputSpec, InputType, NamedValue, NodeError, NodeInfo,
-    NodeOutput, PreviewImage, Value,
+    types, InputSpec, InputType, NamedValue, NodeInfo, NodeOutput, Value,
 };
 use odelt_host::validate::check_literal;
-use odelt_host::{CancelToken, Event, EventKind, EventSink, Preview};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::{json, Value as Json};
@@ -116,122 +112,6 @@ pub fn prepare(
         });
     }
     Ok(CallInputs { values })
-}
-
-/// What the plugin's hooks see: the event sink and the cancel token of the call.
-struct HookData<'a> {
-    sink: &'a dyn EventSink,
-    cancel: &'a CancelToken,
-    prompt_id: Arc<str>,
-    node_id: &'a str,
-}
-
-extern "C" fn hook_progress(
-    data: *const (),
-    value: u64,
-    max: u64,
-    preview: ROption<PreviewImage<'_>>,
-) {
-    // SAFETY: `data` is the HookData built in `execute`, alive for the whole plugin call.
-    let d = unsafe { &*(data as *const HookData<'_>) };
-    let preview = preview.into_option().map(|p| Preview {
-        format: p.format,
-        width: p.width,
-        height: p.height,
-        data: p.data.as_slice().to_vec(),
-    });
-    let ev = Event::new(
-        d.prompt_id.clone(),
-        EventKind::Progress {
-            node_id: d.node_id.to_string(),
-            value,
-            max,
-            preview,
-        },
-    );
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.sink.emit(&ev)));
-}
-
-extern "C" fn hook_cancelled(data: *const ()) -> bool {
-    // SAFETY: see hook_progress.
-    let d = unsafe { &*(data as *const HookData<'_>) };
-    d.cancel.is_cancelled()
-}
-
-extern "C" fn hook_text(data: *const (), text: RStr<'_>) {
-    // SAFETY: see hook_progress.
-    let d = unsafe { &*(data as *const HookData<'_>) };
-    let ev = Event::new(
-        d.prompt_id.clone(),
-        EventKind::ProgressText {
-            node_id: d.node_id.to_string(),
-            text: text.to_string(),
-        },
-    );
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.sink.emit(&ev)));
-}
-
-/// The host's side of one call (directories as absolute strings, as the executor gives them).
-pub struct CallSite<'a> {
-    pub node_id: &'a str,
-    pub class_type: &'a str,
-    pub prompt_id: Arc<str>,
-    pub device: &'a str,
-    pub prompt_json: &'a str,
-    pub extra_pnginfo: &'a str,
-    pub output_dir: &'a str,
-    pub temp_dir: &'a str,
-    pub models_dir: &'a str,
-    pub input_dir: &'a str,
-}
-
-/// Calls the plugin's `execute` for one node (on the current thread).
-pub fn execute(
-    plugin: &odelt_host::LoadedPlugin,
-    site: &CallSite<'_>,
-    inputs: &[NamedValue],
-    sink: &dyn EventSink,
-    cancel: &CancelToken,
-) -> Result<NodeOutput, NodeError> {
-    if cancel.is_cancelled() {
-        return Err(NodeError::interrupted());
-    }
-    let data = HookData {
-        sink,
-        cancel,
-        prompt_id: site.prompt_id.clone(),
-        node_id: site.node_id,
-    };
-    // SAFETY: `data` outlives the call; the hooks only read it and never unwind.
-    let hooks = unsafe {
-        HostHooks::new(
-            &data as *const HookData<'_> as *const (),
-            hook_progress,
-            hook_cancelled,
-            hook_text,
-        )
-    };
-    // Built from `detached()` so that fields a newer contract adds keep their "none" defaults.
-    let mut ctx = ExecContext::detached();
-    ctx.node_id = RStr::from_str(site.node_id);
-    ctx.class_type = RStr::from_str(site.class_type);
-    ctx.prompt_id = RStr::from_str(&site.prompt_id);
-    ctx.device = RStr::from_str(site.device);
-    ctx.prompt_json = RStr::from_str(site.prompt_json);
-    ctx.extra_pnginfo_json = RStr::from_str(site.extra_pnginfo);
-    ctx.output_dir = RStr::from_str(site.output_dir);
-    ctx.temp_dir = RStr::from_str(site.temp_dir);
-    ctx.models_dir = RStr::from_str(site.models_dir);
-    ctx.input_dir = RStr::from_str(site.input_dir);
-    ctx.hooks = hooks;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        plugin.execute(site.class_type, inputs, &ctx)
-    }))
-    .unwrap_or_else(|_| {
-        Err(NodeError::failed(
-            "the host panicked while running this node",
-        ))
-    })
 }
 
 /// Checks the returned values against the descriptor and parses the UI payload.

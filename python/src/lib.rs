@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use odelt_host::node_call::{call_node, CallSite};
 use odelt_host::{
     Batch, BatchResult, CancelToken, Executor, ExecutorConfig, HostDirs, PluginSearch, RunOptions,
     RunOutcome, Workflow, WorkflowError,
@@ -658,40 +659,32 @@ impl Host {
         };
         let prompt_json = json_text(prompt)?;
         let extra = json_text(extra_pnginfo)?;
-        let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        let (out_dir, temp_dir, models_dir, input_dir) = (
-            s(&self.dirs.output_dir),
-            s(&self.dirs.temp_dir),
-            s(&self.dirs.models_dir),
-            s(&self.dirs.input_dir),
-        );
-        let site = call::CallSite {
-            node_id: &node_id,
-            class_type,
-            prompt_id: Arc::from(prompt_id.unwrap_or_else(odelt_host::new_prompt_id)),
-            device: &self.dirs.device,
-            prompt_json: &prompt_json,
-            extra_pnginfo: &extra,
-            output_dir: &out_dir,
-            temp_dir: &temp_dir,
-            models_dir: &models_dir,
-            input_dir: &input_dir,
-        };
+        let prompt_id: Arc<str> = Arc::from(prompt_id.unwrap_or_else(odelt_host::new_prompt_id));
         let plugin = &plugins.plugins()[entry.plugin];
         let token = self.token(cancel);
         let _active = self.register(&token);
         let device_bound = info.odelt.device_bound;
         let on_progress = on_progress.filter(|c| !c.is_none());
-        let r = drive(py, &token, on_progress, |sink| {
-            let _guard = device_bound.then(|| lock(&self.device_lock));
-            call::execute(plugin, &site, &prepared.values, sink, &token)
+        let r = self.dirs.with_context(|host| {
+            let site = CallSite {
+                node_id: &node_id,
+                class_type,
+                prompt_id: prompt_id.clone(),
+                prompt_json: &prompt_json,
+                extra_pnginfo: &extra,
+                host: *host,
+            };
+            drive(py, &token, on_progress, |sink| {
+                let _guard = device_bound.then(|| lock(&self.device_lock));
+                call_node(plugin, &site, &prepared.values, sink, &token)
+            })
         })?;
         let attrs = |kind: &str| {
             vec![
                 ("exception_type", Json::String(kind.to_string())),
                 ("node_id", Json::String(node_id.clone())),
                 ("class_type", Json::String(class_type.to_string())),
-                ("prompt_id", Json::String(site.prompt_id.to_string())),
+                ("prompt_id", Json::String(prompt_id.to_string())),
             ]
         };
         let out = match r {
