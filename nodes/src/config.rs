@@ -163,7 +163,7 @@ impl DitConfig {
     /// Checks internal consistency.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(Error::config(m));
-        if self.patch_size == 0 || self.input_size == 0 || self.input_size % self.patch_size != 0 {
+        if self.patch_size == 0 || self.input_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
             return fail(format!(
                 "input_size {} is not a positive multiple of patch_size {}",
                 self.input_size, self.patch_size
@@ -172,13 +172,13 @@ impl DitConfig {
         if self.in_channels == 0 {
             return fail("in_channels must be at least 1".into());
         }
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return fail(format!(
                 "hidden_size {} is not divisible by num_heads {}",
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.hidden_size % 4 != 0 {
+        if !self.hidden_size.is_multiple_of(4) {
             return fail(format!(
                 "hidden_size {} must be divisible by 4 (2D sin-cos positions)",
                 self.hidden_size

@@ -16,7 +16,7 @@ pub struct Gaussian {
 
 impl Gaussian {
     pub fn fit(features: &[f32], dim: usize) -> Result<Self> {
-        if dim == 0 || features.len() % dim != 0 {
+        if dim == 0 || !features.len().is_multiple_of(dim) {
             return Err(Error::invalid(format!(
                 "features: {} values are not rows of width {dim}",
                 features.len()

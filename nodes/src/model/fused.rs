@@ -6,30 +6,40 @@
 //! passes, most of them in place on a fresh matmul output:
 //!
 //! - [`ln_modulate`]: `LayerNorm(x) * (1 + scale[b]) + shift[b]` (one read of `x`, one write);
-//! - [`add_bias_`]: `y += bias`, optionally followed by tanh-GELU, in place;
-//! - [`gated_residual_`]: `y = x + gate[b] * (y + bias)`, in place on the projection output `y`;
 //! - [`attention`]: multi-head attention on the fused `[q | k | v]` projection, one task per (sample, head):
 //!   `q kᵀ`, the softmax in place with the polynomial `exp`, and `· v` written into the head's output columns.
+//!
+//! The bias adds, GELU and gated residuals run inside the products of [`super::packed`] (its AVX-512 tiles, with
+//! the same formulas as [`gelu_tanh`] here), or as its separate pass on the portable path.
 //!
 //! Each kernel evaluates the formula of the generic op chain in the same order (so results agree to rounding), except
 //! GELU, which uses the identity `0.5 x (1 + tanh u) = x / (1 + exp(-2u))` with a polynomial `exp` (relative error
 //! ~1e-7, vectorisable) instead of `tanhf`.
 //!
-//! [`super::fused_block`] computes the block and the final layer with them when [`applies`] (CPU, f32, not
-//! differentiating); CUDA, half precision and training use the reference ops of [`super::block`].
+//! [`super::fused_block`] computes the block and the final layer with them when [`cpu_format`] says so (CPU inference in
+//! f32, or bf16 on CPUs with AVX512-BF16); CUDA, fp16, other bf16 and training use the reference ops of [`super::block`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp3, DType, Device, InplaceOp1, Layout, Shape, Storage, StorageRef,
-    Tensor,
+    bail, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, StorageRef, Tensor,
 };
 use rayon::prelude::*;
 
 use super::layers::LN_EPS;
+use super::packed::{CpuKernels, WeightFormat};
 
-/// Whether the fused CPU kernels apply to a model on `device` computing in `dtype`.
-pub fn applies(device: &Device, dtype: DType, differentiable: bool) -> bool {
-    !differentiable && device.is_cpu() && dtype == DType::F32
+/// How the fused CPU path stores a model's block weights for this device, dtype and mode, if it applies: f32
+/// models as f32, bf16 models as bf16 where the CPU multiplies bf16 (AVX512-BF16); inference only. Elsewhere
+/// (GPUs, fp16, bf16 without AVX512-BF16, training) the reference ops run.
+pub fn cpu_format(device: &Device, dtype: DType, differentiable: bool) -> Option<WeightFormat> {
+    if differentiable || !device.is_cpu() {
+        return None;
+    }
+    match dtype {
+        DType::F32 => Some(WeightFormat::F32),
+        DType::BF16 if CpuKernels::detect().has_bf16() => Some(WeightFormat::Bf16),
+        _ => None,
+    }
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -51,25 +61,19 @@ fn f32_guard<'a>(g: &'a StorageRef<'_>, what: &str) -> candle_core::Result<&'a [
 }
 
 /// The contiguous elements of a tensor laid out by `l`.
+/// The f32 data of a contiguous CPU tensor's storage (from `Tensor::storage_and_layout`).
+pub(super) fn f32_slice<'a>(
+    g: &'a StorageRef<'_>,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    contiguous(f32_guard(g, what)?, l, what)
+}
+
 fn contiguous<'a>(data: &'a [f32], l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
-/// The contiguous f32 elements of the storage an in-place op writes to.
-fn contiguous_mut<'a>(
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a mut [f32]> {
-    let Some((a, e)) = layout.contiguous_offsets() else {
-        bail!("{what}: expected a contiguous tensor")
-    };
-    match storage {
-        CpuStorage::F32(v) => Ok(&mut v[a..e]),
-        other => bail!("{what}: expected f32 data, found {:?}", other.dtype()),
     }
 }
 
@@ -258,112 +262,6 @@ pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::R
 }
 
 // ----------------------------------------------------------------------------------------------------------------
-// Bias (+ GELU), in place
-
-/// Activation applied after the bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    None,
-    GeluTanh,
-}
-
-struct BiasAct<'a> {
-    bias: &'a Tensor,
-    act: Act,
-}
-
-impl InplaceOp1 for BiasAct<'_> {
-    fn name(&self) -> &'static str {
-        "odelt-bias-act"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let what = self.name();
-        let n = *layout.dims().last().unwrap_or(&0);
-        let y = contiguous_mut(storage, layout, what)?;
-        let (g, bl) = self.bias.storage_and_layout();
-        let bias = contiguous(f32_guard(&g, what)?, bl, what)?;
-        if bias.len() != n || n == 0 {
-            bail!("{what}: bias of {} for rows of {n}", bias.len());
-        }
-        let act = self.act;
-        y.par_chunks_mut(n).for_each(|row| match act {
-            Act::None => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
-            Act::GeluTanh => row
-                .iter_mut()
-                .zip(bias)
-                .for_each(|(v, b)| *v = gelu_tanh(*v + b)),
-        });
-        Ok(())
-    }
-}
-
-/// `y = act(y + bias)` in place; `y` must be a fresh contiguous `[.., N]` tensor nothing else refers to (a matmul
-/// output), `bias` `[N]`.
-pub fn add_bias_(y: &Tensor, bias: &Tensor, act: Act) -> candle_core::Result<()> {
-    y.inplace_op1(&BiasAct { bias, act })
-}
-
-// ----------------------------------------------------------------------------------------------------------------
-// Gated residual, in place
-
-struct GatedResidual<'a> {
-    bias: &'a Tensor,
-    x: &'a Tensor,
-    gate: &'a Tensor,
-}
-
-impl InplaceOp1 for GatedResidual<'_> {
-    fn name(&self) -> &'static str {
-        "odelt-gated-residual"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let what = self.name();
-        let (b, rows, n) = batch_rows(layout, what)?;
-        let y = contiguous_mut(storage, layout, what)?;
-        let (gb, lb) = self.bias.storage_and_layout();
-        let bias = contiguous(f32_guard(&gb, what)?, lb, what)?;
-        let (gx, lx) = self.x.storage_and_layout();
-        if lx.dims() != layout.dims() {
-            bail!(
-                "{what}: residual {:?} vs update {:?}",
-                lx.dims(),
-                layout.dims()
-            );
-        }
-        let x = contiguous(f32_guard(&gx, what)?, lx, what)?;
-        let (gg, lg) = self.gate.storage_and_layout();
-        let gate = Rows::new(f32_guard(&gg, what)?, lg, b, n, what)?;
-        if bias.len() != n {
-            bail!("{what}: bias of {} for rows of {n}", bias.len());
-        }
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .enumerate()
-            .for_each(|(r, (dst, xr))| {
-                let g = gate.row(r / rows.max(1));
-                for (((d, &xv), &bv), &gv) in dst.iter_mut().zip(xr).zip(bias).zip(g) {
-                    *d = xv + (*d + bv) * gv;
-                }
-            });
-        Ok(())
-    }
-}
-
-/// `y = x + gate[:, None] * (y + bias)` in place on `y` (a fresh matmul output `[B, T, H]`); `x` `[B, T, H]`,
-/// `gate` `[B, H]`, `bias` `[H]`; none of them may share storage with `y`.
-pub fn gated_residual_(
-    y: &Tensor,
-    bias: &Tensor,
-    x: &Tensor,
-    gate: &Tensor,
-) -> candle_core::Result<()> {
-    let x = x.contiguous()?;
-    y.inplace_op1(&GatedResidual { bias, x: &x, gate })
-}
-
-// ----------------------------------------------------------------------------------------------------------------
 // Attention
 
 /// A pointer that rayon tasks may share; every task writes a disjoint set of elements through it.
@@ -537,39 +435,6 @@ mod tests {
     }
 
     #[test]
-    fn bias_and_gelu_in_place() {
-        let y = rand(&[2, 3, 16], 3);
-        let bias = rand(&[16], 4);
-        let want_plain = y.broadcast_add(&bias).unwrap();
-        let want_gelu = want_plain.gelu().unwrap();
-        let a = y.copy().unwrap();
-        add_bias_(&a, &bias, Act::None).unwrap();
-        assert!(max_abs_diff(&a, &want_plain) == 0.0);
-        let g = y.copy().unwrap();
-        add_bias_(&g, &bias, Act::GeluTanh).unwrap();
-        assert!(max_abs_diff(&g, &want_gelu) < 1e-5);
-    }
-
-    #[test]
-    fn gated_residual_in_place() {
-        let (b, t, h) = (2, 4, 24);
-        let y = rand(&[b, t, h], 5);
-        let x = rand(&[b, t, h], 6);
-        let bias = rand(&[h], 7);
-        let m = rand(&[b, 3 * h], 8);
-        let gate = m.narrow(1, 2 * h, h).unwrap();
-        let want = (&x
-            + y.broadcast_add(&bias)
-                .unwrap()
-                .broadcast_mul(&gate.unsqueeze(1).unwrap())
-                .unwrap())
-        .unwrap();
-        let got = y.copy().unwrap();
-        gated_residual_(&got, &bias, &x, &gate).unwrap();
-        assert!(max_abs_diff(&got, &want) < 1e-6);
-    }
-
-    #[test]
     fn attention_matches_candle_ops() {
         // T = 37 and hd = 12: sizes off the kernels' register blocks; batch 2 checks the per-sample offsets.
         let (b, t, nh, hd) = (2, 37, 3, 12);
@@ -601,9 +466,16 @@ mod tests {
     }
 
     #[test]
-    fn only_cpu_f32_inference_takes_the_fast_path() {
-        assert!(applies(&Device::Cpu, DType::F32, false));
-        assert!(!applies(&Device::Cpu, DType::F32, true));
-        assert!(!applies(&Device::Cpu, DType::BF16, false));
+    fn only_cpu_inference_takes_the_fast_path() {
+        assert_eq!(
+            cpu_format(&Device::Cpu, DType::F32, false),
+            Some(WeightFormat::F32)
+        );
+        assert_eq!(cpu_format(&Device::Cpu, DType::F32, true), None);
+        assert_eq!(cpu_format(&Device::Cpu, DType::F16, false), None);
+        let bf16 = CpuKernels::detect()
+            .has_bf16()
+            .then_some(WeightFormat::Bf16);
+        assert_eq!(cpu_format(&Device::Cpu, DType::BF16, false), bf16);
     }
 }

@@ -1,92 +1,176 @@
-//! The fused CPU implementation of the DiT block and the final layer (inference, f32): the math of [`super::block`]
-//! over the same weights, with the element-wise work done by the kernels of [`super::fused`] (biases, GELU, gated
-//! residuals and the softmax in place on the matmul outputs; attention reading q, k, v as strided views of the fused
-//! projection). Each stage is timed by [`super::profile`] (`odelt-bench --profile`).
+//! The fused CPU implementation of the DiT block and the final layer (inference): the math of [`super::block`] over
+//! the same weights, packed once into [`super::packed`] layers (f32, or bf16 where the CPU has AVX512-BF16) whose
+//! products carry the bias, GELU and gated residuals; LayerNorm + modulation and attention (reading q, k, v as
+//! strided views of the fused projection) from [`super::fused`]. Each stage is timed by [`super::profile`]
+//! (`odelt-bench --profile`).
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use super::block::{DitBlock, FinalLayer};
-use super::fused::{self, Act};
+use super::fused;
+use super::layers::Dense;
+use super::packed::{CpuKernels, Epilogue, PackedLinear, WeightFormat};
 use super::profile::Laps;
 use crate::error::Result;
 
-/// A [`DitBlock`] computed with the fused CPU kernels.
+/// Packs a [`Dense`] (any dtype) for the fused path.
+fn pack(d: &Dense, format: WeightFormat, kernels: CpuKernels) -> Result<PackedLinear> {
+    let kernel = d.kernel().to_dtype(DType::F32)?;
+    let (k, n) = kernel.dims2()?;
+    let w = kernel.flatten_all()?.to_vec1::<f32>()?;
+    let b = d.bias().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    PackedLinear::pack(&w, &b, k, n, format, kernels)
+}
+
+/// The packed layer back as a [`Dense`] in `dtype` on `device`.
+fn unpack(p: &PackedLinear, device: &Device, dtype: DType) -> Result<Dense> {
+    let kernel =
+        Tensor::from_vec(p.unpack(), (p.fan_in(), p.fan_out()), device)?.to_dtype(dtype)?;
+    let bias = Tensor::from_slice(p.bias(), p.fan_out(), device)?.to_dtype(dtype)?;
+    Ok(Dense::new(kernel, bias))
+}
+
+/// Runs `f` on the f32 data of a contiguous CPU tensor.
+fn read<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (guard, layout) = t.storage_and_layout();
+    let data = fused::f32_slice(&guard, layout, what)?;
+    f(data)
+}
+
+/// `layer(x)` for `x` `[.., K]` with the given epilogue, as a tensor `[.., N]`.
+fn apply(layer: &PackedLinear, x: &Tensor, epi: Epilogue, what: &str) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let rows = x.elem_count() / layer.fan_in().max(1);
+    let out = read(x, what, |xs| layer.forward(xs, rows, epi))?;
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = layer.fan_out();
+    }
+    Ok(Tensor::from_vec(out, out_dims, x.device())?)
+}
+
+/// adaLN-Zero's gate for chunk `i` of the modulation `m` `[B, 6H]`, per token row of a `[B, T, H]` product.
+fn gated<'a>(
+    residual: &'a [f32],
+    m: &'a [f32],
+    i: usize,
+    hidden: usize,
+    tokens: usize,
+) -> Epilogue<'a> {
+    Epilogue::GatedResidual {
+        residual,
+        gate: &m[i * hidden..],
+        gate_stride: 6 * hidden,
+        rows_per_gate: tokens,
+    }
+}
+
+/// A [`DitBlock`] computed with the fused CPU kernels: its five layers packed once ([`super::packed`]), the bias,
+/// GELU and gated residuals fused into the products, attention in one task per (sample, head).
 #[derive(Debug, Clone)]
-pub struct FusedBlock(DitBlock);
+pub struct FusedBlock {
+    ada_ln: PackedLinear,
+    qkv: PackedLinear,
+    attn_out: PackedLinear,
+    mlp_in: PackedLinear,
+    mlp_out: PackedLinear,
+    num_heads: usize,
+}
 
 impl FusedBlock {
-    pub fn new(block: DitBlock) -> Self {
-        FusedBlock(block)
+    /// Packs `block`'s weights in `format` for `kernels`.
+    pub fn new(block: &DitBlock, format: WeightFormat, kernels: CpuKernels) -> Result<Self> {
+        Ok(FusedBlock {
+            ada_ln: pack(&block.ada_ln, format, kernels)?,
+            qkv: pack(&block.qkv, format, kernels)?,
+            attn_out: pack(&block.attn_out, format, kernels)?,
+            mlp_in: pack(&block.mlp_in, format, kernels)?,
+            mlp_out: pack(&block.mlp_out, format, kernels)?,
+            num_heads: block.num_heads,
+        })
     }
 
-    pub fn weights(&self) -> &DitBlock {
-        &self.0
+    /// How the weights are stored.
+    pub fn format(&self) -> WeightFormat {
+        self.qkv.format()
     }
 
-    /// Same contract as [`DitBlock::forward`] (not differentiable).
+    /// The same weights as a reference [`DitBlock`] (bf16-rounded values if packed as bf16).
+    pub fn to_reference(&self, device: &Device, dtype: DType) -> Result<DitBlock> {
+        Ok(DitBlock {
+            ada_ln: unpack(&self.ada_ln, device, dtype)?,
+            qkv: unpack(&self.qkv, device, dtype)?,
+            attn_out: unpack(&self.attn_out, device, dtype)?,
+            mlp_in: unpack(&self.mlp_in, device, dtype)?,
+            mlp_out: unpack(&self.mlp_out, device, dtype)?,
+            num_heads: self.num_heads,
+        })
+    }
+
+    /// Same contract as [`DitBlock::forward`] for f32 `x` and `c` (not differentiable).
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let w = &self.0;
+        let what = "fused DiT block";
+        let (_, tokens, hidden) = x.dims3()?;
         let mut laps = Laps::start();
-        let m = w.ada_ln.forward(&c.silu()?)?;
+        let m = apply(&self.ada_ln, &c.silu()?, Epilogue::Bias, what)?;
         laps.lap("adaLN: silu + Dense_0 [B,H]x[H,6H]");
-        let hidden = x.dim(D::Minus1)?;
         let chunk = |i: usize| m.narrow(1, i * hidden, hidden);
 
         let h = fused::ln_modulate(x, &chunk(0)?, &chunk(1)?)?;
         laps.lap("LayerNorm + modulate (fused)");
-        let qkv = w.qkv.matmul(&h)?;
-        laps.lap("matmul q|k|v [BT,H]x[H,3H]");
-        fused::add_bias_(&qkv, w.qkv.bias(), Act::None)?;
-        laps.lap("bias add (fused, in place)");
-        let y = self.attention(&qkv, &mut laps)?;
-        let x1 = w.attn_out.matmul(&y)?;
-        laps.lap("matmul attn out [BT,H]x[H,H]");
-        fused::gated_residual_(&x1, w.attn_out.bias(), x, &chunk(2)?)?;
-        laps.lap("bias + gate + residual (fused, in place)");
+        let qkv = apply(&self.qkv, &h, Epilogue::Bias, what)?;
+        laps.lap("matmul q|k|v [BT,H]x[H,3H] + bias");
+        let y = fused::attention(&qkv, self.num_heads)?;
+        laps.lap("attention q.k^T, softmax, w.v (fused per head)");
+        let x1 = read(x, what, |xs| {
+            read(&m, what, |ms| {
+                apply(&self.attn_out, &y, gated(xs, ms, 2, hidden, tokens), what)
+            })
+        })?;
+        laps.lap("matmul attn out [BT,H]x[H,H] + bias, gate, residual");
 
         let h = fused::ln_modulate(&x1, &chunk(3)?, &chunk(4)?)?;
         laps.lap("LayerNorm + modulate (fused)");
-        let u = w.mlp_in.matmul(&h)?;
-        laps.lap("matmul mlp in [BT,H]x[H,4H]");
-        fused::add_bias_(&u, w.mlp_in.bias(), Act::GeluTanh)?;
-        laps.lap("bias + tanh-GELU (fused, in place)");
-        let out = w.mlp_out.matmul(&u)?;
-        laps.lap("matmul mlp out [BT,4H]x[4H,H]");
-        fused::gated_residual_(&out, w.mlp_out.bias(), &x1, &chunk(5)?)?;
-        laps.lap("bias + gate + residual (fused, in place)");
+        let u = apply(&self.mlp_in, &h, Epilogue::BiasGelu, what)?;
+        laps.lap("matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
+        let out = read(&x1, what, |xs| {
+            read(&m, what, |ms| {
+                apply(&self.mlp_out, &u, gated(xs, ms, 5, hidden, tokens), what)
+            })
+        })?;
+        laps.lap("matmul mlp out [BT,4H]x[4H,H] + bias, gate, residual");
         Ok(out)
-    }
-
-    /// Attention on the fused projection output `[B, T, 3H]` (`[q | k | v]`, bias added): one fused kernel per
-    /// (sample, head), [`fused::attention`].
-    fn attention(&self, qkv: &Tensor, laps: &mut Laps) -> Result<Tensor> {
-        let y = fused::attention(qkv, self.0.num_heads)?;
-        laps.lap("attention q.k^T, softmax, w.v (fused per head)");
-        Ok(y)
     }
 }
 
-/// A [`FinalLayer`] computed with the fused CPU kernels.
+/// A [`FinalLayer`] computed with the fused CPU kernels (always f32: it is small and feeds the output).
 #[derive(Debug, Clone)]
-pub struct FusedFinalLayer(FinalLayer);
+pub struct FusedFinalLayer {
+    ada_ln: PackedLinear,
+    proj: PackedLinear,
+}
 
 impl FusedFinalLayer {
-    pub fn new(layer: FinalLayer) -> Self {
-        FusedFinalLayer(layer)
+    pub fn new(layer: &FinalLayer, kernels: CpuKernels) -> Result<Self> {
+        Ok(FusedFinalLayer {
+            ada_ln: pack(&layer.ada_ln, WeightFormat::F32, kernels)?,
+            proj: pack(&layer.proj, WeightFormat::F32, kernels)?,
+        })
     }
 
-    pub fn weights(&self) -> &FinalLayer {
-        &self.0
+    pub fn to_reference(&self, device: &Device, dtype: DType) -> Result<FinalLayer> {
+        Ok(FinalLayer {
+            ada_ln: unpack(&self.ada_ln, device, dtype)?,
+            proj: unpack(&self.proj, device, dtype)?,
+        })
     }
 
-    /// Same contract as [`FinalLayer::forward`] (not differentiable).
+    /// Same contract as [`FinalLayer::forward`] for f32 inputs (not differentiable).
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let w = &self.0;
-        let m = w.ada_ln.forward(&c.silu()?)?.chunk(2, D::Minus1)?;
+        let what = "fused final layer";
+        let m = apply(&self.ada_ln, &c.silu()?, Epilogue::Bias, what)?.chunk(2, D::Minus1)?;
         let h = fused::ln_modulate(x, &m[0], &m[1])?;
-        let out = w.proj.matmul(&h)?;
-        fused::add_bias_(&out, w.proj.bias(), Act::None)?;
-        Ok(out)
+        apply(&self.proj, &h, Epilogue::Bias, what)
     }
 }
 
@@ -109,6 +193,15 @@ mod tests {
             })
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The portable kernels, plus the AVX-512 ones where this CPU has them.
+    fn kernels_here() -> Vec<CpuKernels> {
+        let mut ks = vec![CpuKernels::Portable];
+        if CpuKernels::detect() != CpuKernels::Portable {
+            ks.push(CpuKernels::detect());
+        }
+        ks
     }
 
     fn config(hidden: usize, heads: usize) -> DitConfig {
@@ -134,15 +227,40 @@ mod tests {
             let blk = DitBlock::load(&l, &BlockParams::new(&cfg, 0), heads).unwrap();
             let x = rand(&[3, 9, hidden], 11, 1.5);
             let c = rand(&[3, hidden], 12, 1.0);
-            let fast = FusedBlock::new(blk.clone()).forward(&x, &c).unwrap();
-            for differentiable in [false, true] {
-                let reference = blk.forward(&x, &c, differentiable).unwrap();
+            for kernels in kernels_here() {
+                let fused = FusedBlock::new(&blk, WeightFormat::F32, kernels).unwrap();
+                let fast = fused.forward(&x, &c).unwrap();
+                for differentiable in [false, true] {
+                    let reference = blk.forward(&x, &c, differentiable).unwrap();
+                    let err = max_abs_diff(&fast, &reference);
+                    let scale = max_abs(&reference);
+                    assert!(scale > 0.1, "degenerate test output");
+                    assert!(
+                        err < 1e-5 * scale.max(1.0),
+                        "{kernels:?} hidden {hidden}: max abs diff {err}"
+                    );
+                }
+                // Unpacking gives back the same layers.
+                let back = fused.to_reference(&Device::Cpu, DType::F32).unwrap();
+                assert_eq!(
+                    max_abs_diff(
+                        &back.forward(&x, &c, false).unwrap(),
+                        &blk.forward(&x, &c, false).unwrap()
+                    ),
+                    0.0
+                );
+            }
+            // bf16 weights and products: close to the f32 block at bf16's resolution.
+            if CpuKernels::detect().has_bf16() {
+                let fused =
+                    FusedBlock::new(&blk, WeightFormat::Bf16, CpuKernels::detect()).unwrap();
+                let fast = fused.forward(&x, &c).unwrap();
+                let reference = blk.forward(&x, &c, false).unwrap();
                 let err = max_abs_diff(&fast, &reference);
                 let scale = max_abs(&reference);
-                assert!(scale > 0.1, "degenerate test output");
                 assert!(
-                    err < 1e-5 * scale.max(1.0),
-                    "hidden {hidden}: max abs diff {err}"
+                    err > 0.0 && err < 2e-2 * scale.max(1.0),
+                    "bf16 hidden {hidden}: max abs diff {err}"
                 );
             }
         }
@@ -156,9 +274,14 @@ mod tests {
         let fin = FinalLayer::load(&l, &DitParams::new(&cfg, 0).final_layer).unwrap();
         let x = rand(&[2, 16, 32], 3, 1.0);
         let c = rand(&[2, 32], 4, 1.0);
-        let fast = FusedFinalLayer::new(fin.clone()).forward(&x, &c).unwrap();
         let reference = fin.forward(&x, &c, true).unwrap();
         assert!(max_abs(&reference) > 1e-3, "degenerate test output");
-        assert!(max_abs_diff(&fast, &reference) < 1e-5);
+        for kernels in kernels_here() {
+            let fast = FusedFinalLayer::new(&fin, kernels)
+                .unwrap()
+                .forward(&x, &c)
+                .unwrap();
+            assert!(max_abs_diff(&fast, &reference) < 1e-5, "{kernels:?}");
+        }
     }
 }

@@ -14,11 +14,13 @@
 //! Each block runs as [`block::DitBlock`] (candle ops as the paper writes them) or, chosen at load for CPU f32
 //! inference, as [`fused_block::FusedBlock`] (the same math with fused CPU kernels); likewise the final layer.
 
+mod avx512;
 pub mod block;
 pub mod embed;
 mod fused;
 pub mod fused_block;
 pub mod layers;
+pub mod packed;
 pub mod profile;
 
 use candle_core::{DType, Device, Tensor};
@@ -29,6 +31,7 @@ use crate::params::{DitParams, Loader, ParamSource};
 use block::{DitBlock, FinalLayer};
 use embed::{sincos_pos_embed, unpatchify, Embedding, PatchEmbed, TimestepEmbedder};
 use fused_block::{FusedBlock, FusedFinalLayer};
+use packed::{CpuKernels, WeightFormat};
 use profile::timed;
 
 /// A DiT block as the forward computes it.
@@ -36,23 +39,22 @@ use profile::timed;
 enum Block {
     /// Candle ops on any device and dtype, differentiable on request.
     Reference(DitBlock),
-    /// The fused CPU kernels (CPU, f32, inference).
+    /// The fused CPU kernels over packed weights (CPU inference).
     FusedCpu(FusedBlock),
 }
 
 impl Block {
-    fn new(block: DitBlock, fused: bool) -> Self {
-        if fused {
-            Block::FusedCpu(FusedBlock::new(block))
-        } else {
-            Block::Reference(block)
-        }
+    fn new(block: DitBlock, cpu: Option<WeightFormat>) -> Result<Self> {
+        Ok(match cpu {
+            Some(format) => Block::FusedCpu(FusedBlock::new(&block, format, CpuKernels::detect())?),
+            None => Block::Reference(block),
+        })
     }
 
-    fn weights(&self) -> &DitBlock {
+    fn reference(&self, device: &Device, dtype: DType) -> Result<DitBlock> {
         match self {
-            Block::Reference(b) => b,
-            Block::FusedCpu(b) => b.weights(),
+            Block::Reference(b) => Ok(b.clone()),
+            Block::FusedCpu(b) => b.to_reference(device, dtype),
         }
     }
 
@@ -75,18 +77,17 @@ enum Head {
 }
 
 impl Head {
-    fn new(layer: FinalLayer, fused: bool) -> Self {
-        if fused {
-            Head::FusedCpu(FusedFinalLayer::new(layer))
-        } else {
-            Head::Reference(layer)
-        }
+    fn new(layer: FinalLayer, cpu: Option<WeightFormat>) -> Result<Self> {
+        Ok(match cpu {
+            Some(_) => Head::FusedCpu(FusedFinalLayer::new(&layer, CpuKernels::detect())?),
+            None => Head::Reference(layer),
+        })
     }
 
-    fn weights(&self) -> &FinalLayer {
+    fn reference(&self, device: &Device, dtype: DType) -> Result<FinalLayer> {
         match self {
-            Head::Reference(f) => f,
-            Head::FusedCpu(f) => f.weights(),
+            Head::Reference(f) => Ok(f.clone()),
+            Head::FusedCpu(f) => f.to_reference(device, dtype),
         }
     }
 
@@ -114,7 +115,10 @@ pub struct Dit {
     length: usize,
     /// Use primitive ops that candle can differentiate (training).
     differentiable: bool,
+    /// The activations' dtype.
     dtype: DType,
+    /// The requested precision.
+    precision: DType,
 }
 
 impl Dit {
@@ -127,16 +131,41 @@ impl Dit {
         dtype: DType,
         max_length: Option<usize>,
     ) -> Result<Self> {
+        Self::load_with(cfg, src, device, dtype, max_length, false)
+    }
+
+    /// [`Dit::load`] for training: differentiable ops from the start (no packing for the fused kernels).
+    pub fn load_differentiable(
+        cfg: &DitConfig,
+        src: &dyn ParamSource,
+        device: &Device,
+        dtype: DType,
+        max_length: Option<usize>,
+    ) -> Result<Self> {
+        Self::load_with(cfg, src, device, dtype, max_length, true)
+    }
+
+    fn load_with(
+        cfg: &DitConfig,
+        src: &dyn ParamSource,
+        device: &Device,
+        dtype: DType,
+        max_length: Option<usize>,
+        differentiable: bool,
+    ) -> Result<Self> {
         cfg.validate()?;
         let max_length = max_length.unwrap_or(cfg.depth);
         cfg.check_length(max_length)?;
-        let l = Loader::new(src, device, dtype);
+        // The fused CPU path keeps the activations in f32 whatever the weights' format (bf16 weights are
+        // multiplied with f32 accumulation); elsewhere everything computes in `dtype`.
+        let cpu = fused::cpu_format(device, dtype, differentiable);
+        let stream = if cpu.is_some() { DType::F32 } else { dtype };
+        let l = Loader::new(src, device, stream);
         let p = DitParams::new(cfg, cfg.resident_blocks(max_length));
-        let fused = fused::applies(device, dtype, false);
         let blocks = p
             .blocks
             .iter()
-            .map(|b| Ok(Block::new(DitBlock::load(&l, b, cfg.num_heads)?, fused)))
+            .map(|b| Block::new(DitBlock::load(&l, b, cfg.num_heads)?, cpu))
             .collect::<Result<Vec<_>>>()?;
         let length_embed = match &p.length_embed {
             Some(le) => Some(Embedding::load(&l, le)?),
@@ -150,10 +179,11 @@ impl Dit {
             label_embed: Embedding::load(&l, &p.label_embed)?,
             length_embed,
             blocks,
-            final_layer: Head::new(FinalLayer::load(&l, &p.final_layer)?, fused),
+            final_layer: Head::new(FinalLayer::load(&l, &p.final_layer)?, cpu)?,
             length: max_length,
-            differentiable: false,
-            dtype,
+            differentiable,
+            dtype: stream,
+            precision: dtype,
             cfg: cfg.clone(),
         })
     }
@@ -167,9 +197,22 @@ impl Dit {
         self.length
     }
 
-    /// Compute dtype of the blocks.
+    /// The dtype of the activations (f32 on the fused CPU path, else the requested precision).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The precision the model was loaded with (its blocks' weights: bf16 on the fused CPU path stays bf16).
+    pub fn precision(&self) -> DType {
+        self.precision
+    }
+
+    /// How the blocks' weights are stored for the fused CPU kernels, if those run.
+    pub fn cpu_weights(&self) -> Option<WeightFormat> {
+        self.blocks.first().and_then(|b| match b {
+            Block::FusedCpu(f) => Some(f.format()),
+            Block::Reference(_) => None,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -208,14 +251,17 @@ impl Dit {
         Ok(m)
     }
 
-    /// Switches between the fast inference kernels and differentiable primitive ops (training).
-    pub fn set_differentiable(&mut self, on: bool) {
+    /// Switches between the fast inference kernels and differentiable primitive ops (training). Fails only if
+    /// repacking the weights fails.
+    pub fn set_differentiable(&mut self, on: bool) -> Result<()> {
         self.differentiable = on;
-        let fused = fused::applies(self.device(), self.dtype, on);
+        let device = self.device().clone();
+        let cpu = fused::cpu_format(&device, self.precision, on);
         for b in &mut self.blocks {
-            *b = Block::new(b.weights().clone(), fused);
+            *b = Block::new(b.reference(&device, self.dtype)?, cpu)?;
         }
-        self.final_layer = Head::new(self.final_layer.weights().clone(), fused);
+        self.final_layer = Head::new(self.final_layer.reference(&device, self.dtype)?, cpu)?;
+        Ok(())
     }
 
     /// Tokens `[B, T, H]` (patch embedding plus positions) and the conditioning `c = te(t) + ye(y) + dte(dt_base)`.

@@ -32,7 +32,7 @@ pub fn mask_for_latent(mask: &Array, b: usize, h: usize, w: usize) -> Result<Arr
             mask.shape
         )));
     }
-    if b % mb != 0 {
+    if !b.is_multiple_of(mb) {
         return Err(Error::invalid(format!(
             "the noise mask has {mb} masks for a batch of {b} latents (give one mask, or one per latent)"
         )));

@@ -208,8 +208,8 @@ impl Trainer {
             &mut rng,
             &self.device,
         )?;
-        let mut student = Dit::load(&self.cfg, &self.param_map(), &self.device, DType::F32, None)?;
-        student.set_differentiable(true);
+        let student =
+            Dit::load_differentiable(&self.cfg, &self.param_map(), &self.device, DType::F32, None)?;
         let (l, terms) = loss(&student, &batch)?;
         if !terms.total.is_finite() {
             return Err(Error::invalid(format!(
@@ -293,7 +293,7 @@ impl Trainer {
             let terms = self.train_step(data)?;
             on_step(self, &terms, t0.elapsed().as_secs_f64())?;
             if let Some(p) = state_path {
-                if (checkpoint_every > 0 && self.step % checkpoint_every == 0) || self.step == end {
+                if (checkpoint_every > 0 && self.step.is_multiple_of(checkpoint_every)) || self.step == end {
                     self.save_state(p)?;
                 }
             }

@@ -17,6 +17,7 @@
 
 mod child;
 mod flops;
+mod gemm;
 mod machine;
 mod measure;
 mod model;
@@ -57,6 +58,25 @@ enum Cmd {
         /// Classes of the model.
         #[arg(long, default_value_t = 1000)]
         classes: usize,
+    },
+    /// The products of one DiT block, timed on each CPU kernel of this build (candle's matmul, the packed f32 and
+    /// bf16 layers): GFLOP/s per shape.
+    Gemm {
+        /// Hidden size (768 = DiT-B, 1152 = DiT-XL).
+        #[arg(long, default_value_t = 768)]
+        hidden: usize,
+        /// Tokens per sample (256 for 32x32 latents and patch 2).
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        /// Batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Side of the extra square product.
+        #[arg(long, default_value_t = 1024)]
+        square: usize,
+        /// Timed bursts per shape and kernel (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
 }
 
@@ -139,6 +159,13 @@ fn main() -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        Some(Cmd::Gemm {
+            hidden,
+            tokens,
+            batch,
+            square,
+            runs,
+        }) => gemm::run(hidden, tokens, batch, square, runs),
         None => {
             let results = measure::run(&cli.bench)?;
             report::print(&cli.bench, &results)

@@ -1,0 +1,129 @@
+//! `odelt-bench gemm`: the products of one DiT block at a batch, timed on every CPU kernel this build has: candle's
+//! matmul (the `gemm` crate), the packed f32 layers of the fused path, and their bf16 form where the CPU has
+//! AVX512-BF16. The best f32 kernel is the reference the forward's efficiency is stated against.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use odelt_nodes::model::packed::{CpuKernels, Epilogue, PackedLinear, WeightFormat};
+use odelt_nodes::util::XorShift;
+
+use crate::machine::{self, median};
+
+/// One product shape `[m, k] x [k, n]`.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub name: String,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+/// The products of a DiT block with `hidden` features and `tokens` tokens per sample at `batch`, plus a square.
+pub fn block_shapes(hidden: usize, tokens: usize, batch: usize, square: usize) -> Vec<Shape> {
+    let m = tokens * batch;
+    let s = |name: &str, m, k, n| Shape {
+        name: name.to_string(),
+        m,
+        k,
+        n,
+    };
+    vec![
+        s("adaLN", batch, hidden, 6 * hidden),
+        s("q|k|v", m, hidden, 3 * hidden),
+        s("attn out", m, hidden, hidden),
+        s("mlp in", m, hidden, 4 * hidden),
+        s("mlp out", m, 4 * hidden, hidden),
+        s("square", square, square, square),
+    ]
+}
+
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = XorShift::new(seed);
+    (0..n).map(|_| r.next_f32() - 0.5).collect()
+}
+
+/// Median seconds per call of `f` over `runs` bursts of at least 0.2 s.
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let t0 = Instant::now();
+    f()?;
+    let per = ((0.2 / t0.elapsed().as_secs_f64().max(1e-6)).ceil() as usize).clamp(1, 10_000);
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        for _ in 0..per {
+            f()?;
+        }
+        v.push(t0.elapsed().as_secs_f64() / per as f64);
+    }
+    Ok(median(&v))
+}
+
+/// GFLOP/s of each kernel on each shape, in the order of `kernels()`.
+pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<&'static str>, Vec<Vec<f64>>)> {
+    let here = CpuKernels::detect();
+    let mut names = vec!["candle matmul (gemm crate)"];
+    let mut packed = vec![(CpuKernels::Portable, WeightFormat::F32)];
+    if here != CpuKernels::Portable {
+        names.push("odelt packed f32");
+        packed.push((here, WeightFormat::F32));
+    }
+    if here.has_bf16() {
+        names.push("odelt packed bf16");
+        packed.push((here, WeightFormat::Bf16));
+    }
+    let mut rows = Vec::new();
+    for s in shapes {
+        let a = rand(s.m * s.k, 1);
+        let w = rand(s.k * s.n, 2);
+        let bias = rand(s.n, 3);
+        let flop = 2.0 * (s.m * s.k * s.n) as f64;
+        let mut row = Vec::new();
+        let at = Tensor::from_slice(&a, (s.m, s.k), &Device::Cpu)?;
+        let wt = Tensor::from_slice(&w, (s.k, s.n), &Device::Cpu)?;
+        row.push(flop / time(runs, || {
+            let _: () = drop(at.matmul(&wt)?);
+            Ok(())
+        })? / 1e9);
+        // The portable packed layer is the same `gemm` call plus the bias pass: skip it, the candle row stands for it.
+        for &(kernels, format) in &packed[1..] {
+            let layer = PackedLinear::pack(&w, &bias, s.k, s.n, format, kernels)?;
+            row.push(
+                flop / time(runs, || {
+                    let _: () = drop(layer.forward(&a, s.m, Epilogue::Bias)?);
+                    Ok(())
+                })? / 1e9,
+            );
+        }
+        rows.push(row);
+    }
+    Ok((names, rows))
+}
+
+/// Prints the table.
+pub fn run(hidden: usize, tokens: usize, batch: usize, square: usize, runs: usize) -> Result<()> {
+    let shapes = block_shapes(hidden, tokens, batch, square);
+    println!(
+        "GEMM throughput, GFLOP/s (median of {runs} bursts; cpu `{}`, {} threads, load average {}):",
+        machine::cpu_model(),
+        rayon::current_num_threads(),
+        machine::loadavg()
+    );
+    let (names, rows) = measure(&shapes, runs)?;
+    println!("| product | m x k x n | {} |", names.join(" | "));
+    println!("|---|---|{}", "---|".repeat(names.len()));
+    for (s, r) in shapes.iter().zip(&rows) {
+        let cells: Vec<String> = r.iter().map(|g| format!("{g:.1}")).collect();
+        println!(
+            "| {} | {}x{}x{} | {} |",
+            s.name,
+            s.m,
+            s.k,
+            s.n,
+            cells.join(" | ")
+        );
+    }
+    Ok(())
+}

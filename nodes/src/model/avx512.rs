@@ -1,0 +1,256 @@
+//! The AVX-512 micro-kernels behind [`super::packed`]: one `R x 48` tile of `C = A W` over the whole depth `K` with
+//! the accumulators in registers (`R <= 8` rows, 3 vectors of 16 columns each, so 24 accumulators), then the layer's
+//! epilogue (bias, tanh-GELU or gated residual) applied in registers before the one store.
+//!
+//! Two tiles: f32 (`vfmadd231ps`, one broadcast row element per FMA) and bf16 (`vdpbf16ps`: each f32 lane gains
+//! `a[k] w[k][j] + a[k+1] w[k+1][j]`, a bf16 pair of `A` broadcast against a panel whose rows come in interleaved
+//! pairs; f32 accumulation). Written here rather than taken from a crate because neither the `gemm` crate nor candle
+//! has a bf16 dot-product kernel, and because packing the weights once at load and fusing the epilogue is where the
+//! measured time went (docs/benchmarks.md): the `gemm` crate packs the right-hand side on every call and returns
+//! before any element-wise work.
+//!
+//! Every function here is `unsafe`: the caller ([`super::packed`]) checks the CPU features at run time and passes
+//! pointers whose extents it has checked.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Columns per packed panel (three 16-lane vectors).
+pub const NR: usize = 48;
+/// Rows per tile.
+pub const MR: usize = 8;
+const PF: usize = 48 * 16;
+
+/// Where a tile's result goes and what is applied to it first. Pointers are to the tile's top-left element of
+/// the respective `[M, N]` (row stride `ldc`) or `[samples, ..]` arrays.
+#[derive(Clone, Copy)]
+pub enum TileEpilogue {
+    /// `c = acc + bias`
+    Bias,
+    /// `c = gelu_tanh(acc + bias)`
+    BiasGelu,
+    /// `c = residual + gate[sample(row)] * (acc + bias)`; `gate` points at the tile's columns of row 0's gate,
+    /// `gate_rows[r]` is the offset (in elements) of row r's gate row.
+    GatedResidual {
+        residual: *const f32,
+        gate: *const f32,
+        gate_rows: [usize; MR],
+    },
+}
+
+/// The masks of the three column vectors of a panel with `cols` (1..=48) valid columns.
+#[inline(always)]
+fn masks(cols: usize) -> [u16; 3] {
+    let m = |v: usize| -> u16 {
+        let n = cols.saturating_sub(16 * v).min(16);
+        if n == 16 {
+            u16::MAX
+        } else {
+            ((1u32 << n) - 1) as u16
+        }
+    };
+    [m(0), m(1), m(2)]
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `exp(z)` on 16 lanes: the same Cody-Waite reduction and degree-7 Taylor polynomial as the scalar `exp_f32` of
+/// `fused.rs`, so both paths round alike.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp16(z: __m512) -> __m512 {
+    let z = _mm512_min_ps(
+        _mm512_max_ps(z, _mm512_set1_ps(-87.0)),
+        _mm512_set1_ps(88.0),
+    );
+    let round = _mm512_set1_ps(12_582_912.0);
+    let t = _mm512_add_ps(
+        _mm512_mul_ps(z, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        round,
+    );
+    let n = _mm512_sub_ps(t, round);
+    let r = _mm512_sub_ps(
+        _mm512_sub_ps(z, _mm512_mul_ps(n, _mm512_set1_ps(0.693_145_75))),
+        _mm512_mul_ps(n, _mm512_set1_ps(1.428_606_8e-6)),
+    );
+    let mut p = _mm512_set1_ps(1.0 / 5040.0);
+    for k in [720.0f32, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = _mm512_add_ps(_mm512_set1_ps(1.0 / k), _mm512_mul_ps(r, p));
+    }
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_sub_epi32(
+            _mm512_castps_si512(t),
+            _mm512_set1_epi32(12_582_912f32.to_bits() as i32),
+        ),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
+}
+
+#[cfg(target_arch = "x86_64")]
+/// tanh-GELU on 16 lanes, as the scalar `gelu_tanh`: `x / (1 + exp(-2u))`, `u = sqrt(2/pi) (x + 0.044715 x^3)`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu16(x: __m512) -> __m512 {
+    let x2 = _mm512_mul_ps(x, x);
+    let u = _mm512_mul_ps(
+        _mm512_mul_ps(_mm512_set1_ps(0.797_884_6), x),
+        _mm512_add_ps(
+            _mm512_set1_ps(1.0),
+            _mm512_mul_ps(_mm512_set1_ps(0.044715), x2),
+        ),
+    );
+    let e = exp16(_mm512_mul_ps(_mm512_set1_ps(-2.0), u));
+    _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Applies the epilogue to the accumulators and stores rows `0..R` of the tile.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish<const R: usize>(
+    acc: &[[__m512; 3]; R],
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+) {
+    let mk = masks(cols);
+    let b = [
+        _mm512_maskz_loadu_ps(mk[0], bias),
+        _mm512_maskz_loadu_ps(mk[1], bias.add(16)),
+        _mm512_maskz_loadu_ps(mk[2], bias.add(32)),
+    ];
+    for r in 0..R {
+        for v in 0..3 {
+            let x = _mm512_add_ps(acc[r][v], b[v]);
+            let y = match epi {
+                TileEpilogue::Bias => x,
+                TileEpilogue::BiasGelu => gelu16(x),
+                TileEpilogue::GatedResidual {
+                    residual,
+                    gate,
+                    gate_rows,
+                } => {
+                    let res = _mm512_maskz_loadu_ps(mk[v], residual.add(r * ldc + 16 * v));
+                    let g = _mm512_maskz_loadu_ps(mk[v], gate.add(gate_rows[r] + 16 * v));
+                    _mm512_fmadd_ps(g, x, res)
+                }
+            };
+            _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), mk[v], y);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// One f32 tile: a packed row tile `a` (`[k, 8]`: the tile's 8 rows side by side for each depth index, see
+/// [`super::packed`]) times the `[k, 48]` panel `w` (row-major, zero beyond the valid `cols`), epilogue, store of
+/// rows `0..R` into `c` (row stride `ldc`, only the valid columns).
+///
+/// # Safety
+/// AVX-512F present; `a` readable for `k * 8`, `w` for `k * 48`, `bias` (and the epilogue's arrays) for the valid
+/// columns, `c` writable for `R` rows of the valid columns.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn tile_f32<const R: usize>(
+    k: usize,
+    a: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 3]; R];
+    let mut ap = a;
+    let mut wp = w;
+    for _ in 0..k {
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(PF).cast());
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(PF + 16).cast());
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(PF + 32).cast());
+        let w0 = _mm512_loadu_ps(wp);
+        let w1 = _mm512_loadu_ps(wp.add(16));
+        let w2 = _mm512_loadu_ps(wp.add(32));
+        for r in 0..R {
+            let x = _mm512_set1_ps(*ap.add(r));
+            acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(x, w2, acc[r][2]);
+        }
+        wp = wp.add(NR);
+        ap = ap.add(MR);
+    }
+    finish::<R>(&acc, bias, c, ldc, cols, epi);
+}
+
+#[cfg(target_arch = "x86_64")]
+/// One bf16 tile: like [`tile_f32`] with `a` packed as `[pairs, 8, 2]` bf16 (each row's depth pair side by side)
+/// and the panel `w` as `pairs` rows of 96 bf16 (`w[2p][j], w[2p+1][j]` side by side for `j` in `0..48`).
+///
+/// # Safety
+/// As [`tile_f32`], plus AVX512-BF16 present.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn tile_bf16<const R: usize>(
+    pairs: usize,
+    a: *const u16,
+    w: *const u16,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 3]; R];
+    let mut ap = a.cast::<i32>();
+    let mut wp = w;
+    for _ in 0..pairs {
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF).cast());
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 32).cast());
+        _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 64).cast());
+        let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.cast()));
+        let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(32).cast()));
+        let w2: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(64).cast()));
+        for r in 0..R {
+            let pair = ap.add(r).read_unaligned();
+            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, w1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], x, w2);
+        }
+        wp = wp.add(2 * NR);
+        ap = ap.add(MR);
+    }
+    finish::<R>(&acc, bias, c, ldc, cols, epi);
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `n` f32 values to bf16 (round to nearest even), 16 at a time.
+///
+/// # Safety
+/// AVX512-BF16 present; `src` readable and `dst` writable for `n` elements.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn to_bf16(src: *const f32, dst: *mut u16, n: usize) {
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(i)));
+        _mm256_storeu_si256(
+            dst.add(i).cast(),
+            std::mem::transmute::<__m256bh, __m256i>(v),
+        );
+        i += 16;
+    }
+    for j in i..n {
+        *dst.add(j) = bf16_bits(*src.add(j));
+    }
+}
+
+/// The bf16 nearest to `x` (ties to even; NaN stays a quiet NaN), as the bits of its 16-bit pattern.
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}

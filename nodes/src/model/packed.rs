@@ -1,0 +1,724 @@
+//! Dense layers for the fused CPU path, with the weights packed once at load: `y = epilogue(x W + b)` for
+//! `x` `[M, K]` (row-major f32), `W` `[K, N]`.
+//!
+//! On CPUs with AVX-512 the kernel is split into panels of 48 columns, each stored as a `[K, 48]` row-major block
+//! (zero-padded past `N`), in f32 or (AVX512-BF16) bf16 with rows interleaved in pairs, and multiplied by the
+//! tiles of [`super::avx512`]: the whole depth in registers, the bias, GELU or gated residual applied before the
+//! single store, the panels split across the rayon pool. Elsewhere (AVX2-only CPUs, or `ODELT_CPU_KERNELS=portable`)
+//! the kernel stays row-major and the product is the `gemm` crate's, followed by the same epilogue as a second pass.
+//!
+//! Why our own kernel (measured in docs/benchmarks.md): the `gemm` crate under candle packs the weights on every
+//! call, cannot fuse the element-wise work that follows each product, and has no bf16 dot-product kernel.
+
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use super::avx512::{self, TileEpilogue, MR, NR};
+use super::fused::gelu_tanh;
+use crate::error::{Error, Result};
+
+/// What is stored for the weights and multiplied with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// f32 (exact).
+    F32,
+    /// bf16 weights, activations rounded to bf16 for the product, f32 accumulation and epilogue (AVX512-BF16).
+    Bf16,
+}
+
+/// The CPU kernels this process uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuKernels {
+    /// The packed AVX-512 tiles (f32, and bf16 where AVX512-BF16 is present).
+    Avx512 { bf16: bool },
+    /// The `gemm` crate plus a separate epilogue pass (f32 only).
+    Portable,
+}
+
+impl CpuKernels {
+    /// Detected once per call from the CPU (cheap: `std` caches the CPUID); `ODELT_CPU_KERNELS=portable` forces
+    /// the portable path, for comparisons and to test it on AVX-512 machines.
+    pub fn detect() -> Self {
+        if std::env::var("ODELT_CPU_KERNELS").is_ok_and(|v| v == "portable") {
+            return CpuKernels::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return CpuKernels::Avx512 {
+                bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
+            };
+        }
+        CpuKernels::Portable
+    }
+
+    /// Whether the bf16 format can be multiplied here.
+    pub fn has_bf16(self) -> bool {
+        matches!(self, CpuKernels::Avx512 { bf16: true })
+    }
+
+    /// A short name for benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuKernels::Avx512 { bf16: true } => "odelt avx512 (+bf16)",
+            CpuKernels::Avx512 { bf16: false } => "odelt avx512",
+            CpuKernels::Portable => "gemm crate (portable)",
+        }
+    }
+}
+
+/// What follows the product, per output element `(row, col)`.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `acc + bias`
+    Bias,
+    /// `gelu_tanh(acc + bias)`
+    BiasGelu,
+    /// `residual[row, col] + gate[(row / rows_per_gate) * gate_stride + col] * (acc + bias)`: adaLN-Zero's gated
+    /// residual, with one gate row per sample of `rows_per_gate` tokens.
+    GatedResidual {
+        residual: &'a [f32],
+        gate: &'a [f32],
+        gate_stride: usize,
+        rows_per_gate: usize,
+    },
+}
+
+#[derive(Debug)]
+enum Weights {
+    F32Panels(Vec<f32>),
+    Bf16Panels(Vec<u16>),
+    RowMajor(Vec<f32>),
+}
+
+/// A dense layer `[K] -> [N]` with its kernel packed for [`PackedLinear::forward`]. Cloning shares the weights.
+#[derive(Debug, Clone)]
+pub struct PackedLinear {
+    k: usize,
+    n: usize,
+    bias: Arc<[f32]>,
+    weights: Arc<Weights>,
+}
+
+/// Rows of `A` per block that stay in L2 while every panel of a task passes over them (128: best of 64-4096 for
+/// the DiT-B products at batch 8 on the development machine, `odelt-bench gemm --batch 8`).
+const MC: usize = 128;
+
+impl PackedLinear {
+    /// Packs a row-major `[k, n]` kernel and its `[n]` bias for `kernels`. `Bf16` needs AVX512-BF16.
+    pub fn pack(
+        kernel: &[f32],
+        bias: &[f32],
+        k: usize,
+        n: usize,
+        format: WeightFormat,
+        kernels: CpuKernels,
+    ) -> Result<Self> {
+        if kernel.len() != k * n || bias.len() != n || k == 0 || n == 0 {
+            return Err(Error::invalid(format!(
+                "packing a [{k}, {n}] layer from {} kernel and {} bias values",
+                kernel.len(),
+                bias.len()
+            )));
+        }
+        let panels = n.div_ceil(NR);
+        let weights = match (kernels, format) {
+            (CpuKernels::Portable, WeightFormat::F32) => Weights::RowMajor(kernel.to_vec()),
+            (CpuKernels::Avx512 { .. }, WeightFormat::F32) => {
+                let mut w = vec![0f32; panels * k * NR];
+                w.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
+                    let cols = (n - p * NR).min(NR);
+                    for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                        row[..cols].copy_from_slice(&kernel[kk * n + p * NR..][..cols]);
+                    }
+                });
+                Weights::F32Panels(w)
+            }
+            (CpuKernels::Avx512 { bf16: true }, WeightFormat::Bf16) => {
+                let pairs = k.div_ceil(2);
+                let mut w = vec![0u16; panels * pairs * 2 * NR];
+                w.par_chunks_mut(pairs * 2 * NR)
+                    .enumerate()
+                    .for_each(|(p, panel)| {
+                        let cols = (n - p * NR).min(NR);
+                        for kk in 0..k {
+                            let row = &kernel[kk * n + p * NR..][..cols];
+                            let dst = &mut panel[(kk / 2) * 2 * NR..];
+                            for (j, &v) in row.iter().enumerate() {
+                                dst[2 * j + kk % 2] = avx512::bf16_bits(v);
+                            }
+                        }
+                    });
+                Weights::Bf16Panels(w)
+            }
+            (_, WeightFormat::Bf16) => {
+                return Err(Error::invalid(
+                    "bf16 CPU layers need a CPU with AVX512-BF16".to_string(),
+                ))
+            }
+        };
+        Ok(PackedLinear {
+            k,
+            n,
+            bias: bias.into(),
+            weights: Arc::new(weights),
+        })
+    }
+
+    pub fn fan_in(&self) -> usize {
+        self.k
+    }
+
+    pub fn fan_out(&self) -> usize {
+        self.n
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        match *self.weights {
+            Weights::Bf16Panels(_) => WeightFormat::Bf16,
+            _ => WeightFormat::F32,
+        }
+    }
+
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// The kernel as row-major `[k, n]` f32 (the stored values: bf16-rounded for the bf16 format).
+    pub fn unpack(&self) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        let mut out = vec![0f32; k * n];
+        match &*self.weights {
+            Weights::RowMajor(w) => out.copy_from_slice(w),
+            Weights::F32Panels(w) => {
+                for kk in 0..k {
+                    for j in 0..n {
+                        out[kk * n + j] = w[(j / NR) * k * NR + kk * NR + j % NR];
+                    }
+                }
+            }
+            Weights::Bf16Panels(w) => {
+                let pairs = k.div_ceil(2);
+                for kk in 0..k {
+                    for j in 0..n {
+                        let bits = w
+                            [(j / NR) * pairs * 2 * NR + (kk / 2) * 2 * NR + 2 * (j % NR) + kk % 2];
+                        out[kk * n + j] = f32::from_bits(u32::from(bits) << 16);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `epilogue(a W + b)` for `a` row-major `[m, k]`; returns row-major `[m, n]`.
+    pub fn forward(&self, a: &[f32], m: usize, epi: Epilogue) -> Result<Vec<f32>> {
+        let (k, n) = (self.k, self.n);
+        if a.len() != m * k {
+            return Err(Error::invalid(format!(
+                "a [{m}, {k}] product got {} input values",
+                a.len()
+            )));
+        }
+        if let Epilogue::GatedResidual {
+            residual,
+            gate,
+            gate_stride,
+            rows_per_gate,
+        } = epi
+        {
+            let samples = if m == 0 {
+                0
+            } else {
+                (m - 1) / rows_per_gate.max(1) + 1
+            };
+            if residual.len() != m * n
+                || rows_per_gate == 0
+                || (samples > 0 && (samples - 1) * gate_stride + n > gate.len())
+            {
+                return Err(Error::invalid(format!(
+                    "gated residual of a [{m}, {n}] product: {} residual values, {} gate values (stride \
+                     {gate_stride}, {rows_per_gate} rows per gate)",
+                    residual.len(),
+                    gate.len()
+                )));
+            }
+        }
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(m * n);
+        match &*self.weights {
+            Weights::RowMajor(w) => {
+                out.resize(m * n, 0.0);
+                // SAFETY: the extents match the strides given (checked above).
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(rayon::current_num_threads().max(1)),
+                    );
+                }
+                portable_epilogue(&mut out, n, &self.bias, epi);
+            }
+            Weights::F32Panels(w) => {
+                let ap = pack_rows_f32(a, m, k);
+                self.tiled(m, out.as_mut_ptr(), epi, |r0, rows, p, c, ldc, cols, te| {
+                    // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
+                    // points at row r0 / panel p of `out`.
+                    unsafe {
+                        tile_f32_dyn(
+                            rows,
+                            k,
+                            ap.as_ptr().add(r0 * k),
+                            w.as_ptr().add(p * k * NR),
+                            self.bias.as_ptr().add(p * NR),
+                            c,
+                            ldc,
+                            cols,
+                            te,
+                        )
+                    }
+                });
+                SCRATCH_F32.put(ap);
+                // SAFETY: the tiles cover every element of the `[m, n]` output.
+                unsafe { out.set_len(m * n) };
+            }
+            Weights::Bf16Panels(w) => {
+                let pairs = k.div_ceil(2);
+                let ap = pack_rows_bf16(a, m, k);
+                self.tiled(m, out.as_mut_ptr(), epi, |r0, rows, p, c, ldc, cols, te| {
+                    // SAFETY: as for f32 (a packed tile holds `pairs * 2 * MR` values).
+                    unsafe {
+                        tile_bf16_dyn(
+                            rows,
+                            pairs,
+                            ap.as_ptr().add(r0 * 2 * pairs),
+                            w.as_ptr().add(p * pairs * 2 * NR),
+                            self.bias.as_ptr().add(p * NR),
+                            c,
+                            ldc,
+                            cols,
+                            te,
+                        )
+                    }
+                });
+                SCRATCH_U16.put(ap);
+                // SAFETY: as for f32.
+                unsafe { out.set_len(m * n) };
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `tile(r0, rows, panel, c, ldc, cols, epilogue)` over every `MR x 48` tile of the `[m, n]` output, split
+    /// across the rayon pool: whole panels per task where there are enough of them (each task's panels pass over
+    /// the same block of `MC` rows of `A`, held in L2), otherwise rows as well.
+    #[allow(clippy::type_complexity)]
+    fn tiled(
+        &self,
+        m: usize,
+        out: *mut f32,
+        epi: Epilogue,
+        tile: impl Fn(usize, usize, usize, *mut f32, usize, usize, TileEpilogue) + Sync,
+    ) {
+        let n = self.n;
+        let panels = n.div_ceil(NR);
+        let tiles = m.div_ceil(MR);
+        let threads = rayon::current_num_threads().max(1);
+        let col_tasks = threads.min(panels);
+        let row_tasks = (threads / col_tasks).clamp(1, tiles);
+        let dst = SharedOut(out);
+        (0..col_tasks * row_tasks).into_par_iter().for_each(|task| {
+            let (ct, rt) = (task / row_tasks, task % row_tasks);
+            let (p0, p1) = split(panels, col_tasks, ct);
+            let (t0, t1) = split(tiles, row_tasks, rt);
+            let (rows0, rows1) = (t0 * MR, (t1 * MR).min(m));
+            let mut ic = rows0;
+            while ic < rows1 {
+                let ic_end = (ic + MC).min(rows1);
+                for p in p0..p1 {
+                    let cols = (n - p * NR).min(NR);
+                    let mut r0 = ic;
+                    while r0 < ic_end {
+                        let rows = (ic_end - r0).min(MR);
+                        let te = tile_epilogue(epi, r0, rows, p * NR, n);
+                        // SAFETY: the tile lies inside `out`; tasks write disjoint tiles.
+                        let c = unsafe { dst.ptr().add(r0 * n + p * NR) };
+                        tile(r0, rows, p, c, n, cols, te);
+                        r0 += rows;
+                    }
+                }
+                ic = ic_end;
+            }
+        });
+    }
+}
+
+/// `a` `[m, k]` as row tiles for the f32 tiles: tile `t` holds rows `8t..8t+8` as `[k, 8]` (rows past `m` zero),
+/// so a tile reads one contiguous stream instead of eight rows `k` apart.
+fn pack_rows_f32(a: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut out = SCRATCH_F32.take(m.div_ceil(MR) * k * MR);
+    out.par_chunks_mut(k * MR).enumerate().for_each(|(t, dst)| {
+        let rows = MR.min(m - t * MR);
+        for r in 0..rows {
+            let src = &a[(t * MR + r) * k..][..k];
+            for (kk, &v) in src.iter().enumerate() {
+                dst[kk * MR + r] = v;
+            }
+        }
+        for r in rows..MR {
+            (0..k).for_each(|kk| dst[kk * MR + r] = 0.0);
+        }
+    });
+    out
+}
+
+/// `a` `[m, k]` rounded to bf16 as row tiles for the bf16 tiles: tile `t` holds rows `8t..8t+8` as
+/// `[k/2, 8, 2]` (each row's depth pair side by side; the odd pad and rows past `m` zero).
+fn pack_rows_bf16(a: &[f32], m: usize, k: usize) -> Vec<u16> {
+    let pairs = k.div_ceil(2);
+    let mut out = SCRATCH_U16.take(m.div_ceil(MR) * pairs * 2 * MR);
+    out.par_chunks_mut(pairs * 2 * MR)
+        .enumerate()
+        .for_each_init(
+            || vec![0u16; 2 * pairs],
+            |row, (t, dst)| {
+                let rows = MR.min(m - t * MR);
+                for r in rows..MR {
+                    (0..pairs).for_each(|p| dst[(p * MR + r) * 2..][..2].fill(0));
+                }
+                for r in 0..rows {
+                    let src = &a[(t * MR + r) * k..][..k];
+                    // SAFETY: the bf16 format exists only where `pack` saw AVX512-BF16; `row` holds >= k values.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        avx512::to_bf16(src.as_ptr(), row.as_mut_ptr(), k)
+                    };
+                    for p in 0..pairs {
+                        dst[(p * MR + r) * 2] = row[2 * p];
+                        dst[(p * MR + r) * 2 + 1] = row[2 * p + 1];
+                    }
+                }
+            },
+        );
+    out
+}
+
+/// Buffers for the packed activations, kept between products so that the next one does not fault fresh pages
+/// in (a batch-8 DiT-B product packs up to 25 MB).
+struct Scratch<T>(Mutex<Vec<Vec<T>>>);
+
+static SCRATCH_F32: Scratch<f32> = Scratch(Mutex::new(Vec::new()));
+static SCRATCH_U16: Scratch<u16> = Scratch(Mutex::new(Vec::new()));
+
+impl<T: Copy + Default> Scratch<T> {
+    /// A buffer of `len` elements (contents unspecified: the packers write every element).
+    fn take(&self, len: usize) -> Vec<T> {
+        let mut v = match self.0.lock() {
+            Ok(mut pool) => pool.pop().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        v.resize(len, T::default());
+        v
+    }
+
+    /// Returns a buffer to the pool (at most a few are kept).
+    fn put(&self, v: Vec<T>) {
+        if let Ok(mut pool) = self.0.lock() {
+            if pool.len() < 4 {
+                pool.push(v);
+            }
+        }
+    }
+}
+
+/// The `part`-th of `parts` near-equal ranges of `0..total`.
+fn split(total: usize, parts: usize, part: usize) -> (usize, usize) {
+    (total * part / parts, total * (part + 1) / parts)
+}
+
+/// The tile's view of the epilogue: its residual and gate pointers.
+fn tile_epilogue(epi: Epilogue, r0: usize, rows: usize, col0: usize, n: usize) -> TileEpilogue {
+    match epi {
+        Epilogue::Bias => TileEpilogue::Bias,
+        Epilogue::BiasGelu => TileEpilogue::BiasGelu,
+        Epilogue::GatedResidual {
+            residual,
+            gate,
+            gate_stride,
+            rows_per_gate,
+        } => {
+            let mut gate_rows = [0; MR];
+            for (r, g) in gate_rows.iter_mut().enumerate().take(rows) {
+                *g = ((r0 + r) / rows_per_gate) * gate_stride;
+            }
+            TileEpilogue::GatedResidual {
+                // In bounds: `forward` checked the residual and gate extents.
+                residual: residual[r0 * n + col0..].as_ptr(),
+                gate: gate[col0..].as_ptr(),
+                gate_rows,
+            }
+        }
+    }
+}
+
+/// The epilogue as a pass over a finished `[m, n]` product (the portable path).
+fn portable_epilogue(out: &mut [f32], n: usize, bias: &[f32], epi: Epilogue) {
+    out.par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(row, y)| match epi {
+            Epilogue::Bias => y.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
+            Epilogue::BiasGelu => y
+                .iter_mut()
+                .zip(bias)
+                .for_each(|(v, b)| *v = gelu_tanh(*v + b)),
+            Epilogue::GatedResidual {
+                residual,
+                gate,
+                gate_stride,
+                rows_per_gate,
+            } => {
+                let g = &gate[(row / rows_per_gate) * gate_stride..][..n];
+                let r = &residual[row * n..][..n];
+                for j in 0..n {
+                    y[j] = r[j] + g[j] * (y[j] + bias[j]);
+                }
+            }
+        });
+}
+
+/// The output pointer shared by the tile tasks (each writes its own tiles).
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch_rows {
+    ($rows:expr, $f:ident, $($arg:expr),*) => {
+        match $rows {
+            8 => avx512::$f::<8>($($arg),*),
+            7 => avx512::$f::<7>($($arg),*),
+            6 => avx512::$f::<6>($($arg),*),
+            5 => avx512::$f::<5>($($arg),*),
+            4 => avx512::$f::<4>($($arg),*),
+            3 => avx512::$f::<3>($($arg),*),
+            2 => avx512::$f::<2>($($arg),*),
+            _ => avx512::$f::<1>($($arg),*),
+        }
+    };
+}
+
+/// [`avx512::tile_f32`] for `rows` in 1..=8.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_f32_dyn(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+) {
+    dispatch_rows!(rows, tile_f32, k, a, w, bias, c, ldc, cols, epi)
+}
+
+/// [`avx512::tile_bf16`] for `rows` in 1..=8.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16_dyn(
+    rows: usize,
+    pairs: usize,
+    a: *const u16,
+    w: *const u16,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+) {
+    dispatch_rows!(rows, tile_bf16, pairs, a, w, bias, c, ldc, cols, epi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|k| {
+                ((k as f64 * 0.754_877_666 + seed as f64 * 0.569_840_29).fract() * 2.0 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    /// f64 reference of `epilogue(a W + b)`.
+    fn reference(
+        a: &[f32],
+        w: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        epi: Epilogue,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for kk in 0..k {
+                    s += f64::from(a[i * k + kk]) * f64::from(w[kk * n + j]);
+                }
+                let x = (s + f64::from(b[j])) as f32;
+                out[i * n + j] = match epi {
+                    Epilogue::Bias => x,
+                    Epilogue::BiasGelu => {
+                        let x = f64::from(x);
+                        (0.5 * x
+                            * (1.0
+                                + ((2.0 / std::f64::consts::PI).sqrt()
+                                    * (x + 0.044715 * x * x * x))
+                                    .tanh())) as f32
+                    }
+                    Epilogue::GatedResidual {
+                        residual,
+                        gate,
+                        gate_stride,
+                        rows_per_gate,
+                    } => residual[i * n + j] + gate[(i / rows_per_gate) * gate_stride + j] * x,
+                };
+            }
+        }
+        out
+    }
+
+    fn kernels_here() -> Vec<CpuKernels> {
+        let mut ks = vec![CpuKernels::Portable];
+        if let d @ CpuKernels::Avx512 { .. } = CpuKernels::detect() {
+            ks.push(d);
+        }
+        ks
+    }
+
+    #[test]
+    fn products_and_epilogues_match_f64() {
+        // Odd sizes: row tails (m % 8), column tails (n % 48), odd depth (bf16 pair padding).
+        for &(m, k, n) in &[(1, 5, 3), (9, 33, 50), (17, 64, 96), (2, 7, 145)] {
+            let a = rand(m * k, 1);
+            let w = rand(k * n, 2);
+            let b = rand(n, 3);
+            let tokens = 3;
+            let stride = 2 * n + 1;
+            let residual = rand(m * n, 4);
+            let gate = rand(m.div_ceil(tokens) * stride, 5);
+            let epis = [
+                Epilogue::Bias,
+                Epilogue::BiasGelu,
+                Epilogue::GatedResidual {
+                    residual: &residual,
+                    gate: &gate,
+                    gate_stride: stride,
+                    rows_per_gate: tokens,
+                },
+            ];
+            for kernels in kernels_here() {
+                let mut formats = vec![WeightFormat::F32];
+                if kernels.has_bf16() {
+                    formats.push(WeightFormat::Bf16);
+                }
+                for format in formats {
+                    let layer = PackedLinear::pack(&w, &b, k, n, format, kernels).unwrap();
+                    // The stored kernel round-trips exactly (f32) or as bf16 values.
+                    let stored = layer.unpack();
+                    for (s, v) in stored.iter().zip(&w) {
+                        let tol = if format == WeightFormat::F32 {
+                            0.0
+                        } else {
+                            v.abs() / 128.0
+                        };
+                        assert!(
+                            (s - v).abs() <= tol,
+                            "{kernels:?} {format:?}: stored {s} for {v}"
+                        );
+                    }
+                    for epi in epis {
+                        let got = layer.forward(&a, m, epi).unwrap();
+                        // bf16 rounds the inputs too: compare against the stored weights and rounded inputs.
+                        let (a_ref, tol) = match format {
+                            WeightFormat::F32 => (a.clone(), 1e-5),
+                            WeightFormat::Bf16 => (
+                                a.iter()
+                                    .map(|&x| f32::from_bits(u32::from(avx512::bf16_bits(x)) << 16))
+                                    .collect(),
+                                1e-4,
+                            ),
+                        };
+                        let want = reference(&a_ref, &stored, &b, m, k, n, epi);
+                        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - r).abs() <= tol * (1.0 + r.abs()) * (k as f32).sqrt(),
+                                "{kernels:?} {format:?} {epi:?} [{m}x{k}x{n}] element {i}: {g} vs {r}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_extents_are_errors() {
+        let w = rand(12, 1);
+        assert!(
+            PackedLinear::pack(&w, &[0.0; 4], 3, 5, WeightFormat::F32, CpuKernels::Portable)
+                .is_err()
+        );
+        let layer =
+            PackedLinear::pack(&w, &[0.0; 4], 3, 4, WeightFormat::F32, CpuKernels::detect())
+                .unwrap();
+        assert!(layer.forward(&[0.0; 7], 2, Epilogue::Bias).is_err());
+        let short = [0.0; 4];
+        let epi = Epilogue::GatedResidual {
+            residual: &short,
+            gate: &short,
+            gate_stride: 4,
+            rows_per_gate: 1,
+        };
+        assert!(layer.forward(&[0.0; 6], 2, epi).is_err());
+        assert!(PackedLinear::pack(
+            &w,
+            &[0.0; 4],
+            3,
+            4,
+            WeightFormat::Bf16,
+            CpuKernels::Portable
+        )
+        .is_err());
+    }
+}
