@@ -163,7 +163,10 @@ impl DitConfig {
     /// Checks internal consistency.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(Error::config(m));
-        if self.patch_size == 0 || self.input_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
+        if self.patch_size == 0
+            || self.input_size == 0
+            || !self.input_size.is_multiple_of(self.patch_size)
+        {
             return fail(format!(
                 "input_size {} is not a positive multiple of patch_size {}",
                 self.input_size, self.patch_size

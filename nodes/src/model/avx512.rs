@@ -254,3 +254,63 @@ pub fn bf16_bits(x: f32) -> u16 {
     }
     (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
+
+/// Columns per block of [`rows_x64`] (four 16-lane vectors).
+pub const NB: usize = 64;
+/// Rows per [`rows_x64`] tile.
+pub const RB: usize = 6;
+
+/// `C[0..R, 0..cols] = A[0..R, 0..k] · W[0..k, 0..cols]` for unpacked row-major `A` (row stride `lda`) and `W`
+/// (row stride `ldw`), `cols <= 64`, stored into `C` (row stride `ldc`): the attention products, whose operands
+/// are strided views of the fused projection (`q kᵀ` with `kᵀ` transposed per head, `p v` with `v` in place).
+///
+/// # Safety
+/// AVX-512F present; `a` readable for `R` rows of `k`, `w` for `k` rows of `cols`, `c` writable for `R` rows of
+/// `cols`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn rows_x64<const R: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    w: *const f32,
+    ldw: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let n = |v: usize| cols.saturating_sub(16 * v).min(16);
+    let mk = [0, 1, 2, 3].map(|v| {
+        if n(v) == 16 {
+            u16::MAX
+        } else {
+            ((1u32 << n(v)) - 1) as u16
+        }
+    });
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let mut rows = [a; R];
+    for (r, p) in rows.iter_mut().enumerate() {
+        *p = a.add(r * lda);
+    }
+    let mut wp = w;
+    for kk in 0..k {
+        let w0 = _mm512_maskz_loadu_ps(mk[0], wp);
+        let w1 = _mm512_maskz_loadu_ps(mk[1], wp.add(16));
+        let w2 = _mm512_maskz_loadu_ps(mk[2], wp.add(32));
+        let w3 = _mm512_maskz_loadu_ps(mk[3], wp.add(48));
+        for r in 0..R {
+            let x = _mm512_set1_ps(*rows[r].add(kk));
+            acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(x, w2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(x, w3, acc[r][3]);
+        }
+        wp = wp.add(ldw);
+    }
+    for r in 0..R {
+        for v in 0..4 {
+            _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), mk[v], acc[r][v]);
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! gated residuals, head reshapes) was about a third of the CPU forward. Here it is fused into a few row-parallel
 //! passes, most of them in place on a fresh matmul output:
 //!
-//! - [`ln_modulate`]: `LayerNorm(x) * (1 + scale[b]) + shift[b]` (one read of `x`, one write);
+//! - [`ln_modulate_row`]: `LayerNorm(x) * (1 + scale[b]) + shift[b]` for one row, applied by [`super::packed`] as
+//!   it packs a product's input (so the normalised activations are never written out);
 //! - [`attention`]: multi-head attention on the fused `[q | k | v]` projection, one task per (sample, head):
 //!   `q kᵀ`, the softmax in place with the polynomial `exp`, and `· v` written into the head's output columns.
 //!
@@ -20,11 +21,11 @@
 //! f32, or bf16 on CPUs with AVX512-BF16); CUDA, fp16, other bf16 and training use the reference ops of [`super::block`].
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, StorageRef, Tensor,
-};
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
 use super::layers::LN_EPS;
 use super::packed::{CpuKernels, WeightFormat};
 
@@ -75,60 +76,6 @@ fn contiguous<'a>(data: &'a [f32], l: &Layout, what: &str) -> candle_core::Resul
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{what}: expected a contiguous tensor"),
     }
-}
-
-/// A `[B, N]` tensor whose rows are contiguous but may be strided (a narrow of the adaLN output `[B, 6H]`).
-struct Rows<'a> {
-    data: &'a [f32],
-    start: usize,
-    stride: usize,
-    n: usize,
-}
-
-impl<'a> Rows<'a> {
-    fn new(
-        data: &'a [f32],
-        l: &Layout,
-        b: usize,
-        n: usize,
-        what: &str,
-    ) -> candle_core::Result<Self> {
-        if l.dims() != [b, n] {
-            bail!("{what}: expected shape [{b}, {n}], found {:?}", l.dims());
-        }
-        let st = l.stride();
-        if n > 1 && st[1] != 1 {
-            bail!("{what}: rows must be contiguous (strides {st:?})");
-        }
-        let stride = if b > 1 { st[0] } else { 0 };
-        let start = l.start_offset();
-        if b > 0 && start + (b - 1) * stride + n > data.len() {
-            bail!("{what}: layout out of bounds");
-        }
-        Ok(Rows {
-            data,
-            start,
-            stride,
-            n,
-        })
-    }
-
-    fn row(&self, b: usize) -> &'a [f32] {
-        let s = self.start + b * self.stride;
-        &self.data[s..s + self.n]
-    }
-}
-
-/// `(batch, rows per sample, width)` of an activation `[B, ..., N]`.
-fn batch_rows(l: &Layout, what: &str) -> candle_core::Result<(usize, usize, usize)> {
-    let d = l.dims();
-    if d.len() < 2 {
-        bail!("{what}: expected at least 2 dims, found {d:?}");
-    }
-    let b = d[0];
-    let n = d[d.len() - 1];
-    let rows = d[1..d.len() - 1].iter().product();
-    Ok((b, rows, n))
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -209,56 +156,41 @@ fn lane_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// `x <- exp(x - max(x))` in place; returns the sum of the new values (8 partial sums, as [`sums`]).
+#[inline]
+fn exp_shifted_(x: &mut [f32]) -> f32 {
+    let max = lane_max(x);
+    let mut s = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for j in 0..8 {
+            c[j] = exp_f32(c[j] - max);
+            s[j] += c[j];
+        }
+    }
+    let mut a: f32 = s.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - max);
+        a += *v;
+    }
+    a
+}
+
 // ----------------------------------------------------------------------------------------------------------------
 // LayerNorm + modulation
 
-struct LnModulate;
-
-impl CustomOp3 for LnModulate {
-    fn name(&self) -> &'static str {
-        "odelt-ln-modulate"
+/// One row of adaLN's `dst = LayerNorm(src) * (1 + scale) + shift` (no affine, eps 1e-6, f32 statistics with the
+/// clamped fast variance `E[x²] - E[x]²` as flax): the prologue of the packed products, [`super::packed::LnRows`].
+#[inline]
+pub(super) fn ln_modulate_row(src: &[f32], shift: &[f32], scale: &[f32], dst: &mut [f32]) {
+    let inv_n = 1.0 / src.len().max(1) as f32;
+    let (s, s2) = sums(src);
+    let mean = s * inv_n;
+    let var = (s2 * inv_n - mean * mean).max(0.0);
+    let inv_std = (var + LN_EPS as f32).sqrt().recip();
+    for (((d, &v), &c), &h) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
+        *d = (v - mean) * inv_std * (1.0 + c) + h;
     }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let what = self.name();
-        let x = contiguous(f32_data(s1, what)?, l1, what)?;
-        let (b, rows, n) = batch_rows(l1, what)?;
-        let shift = Rows::new(f32_data(s2, what)?, l2, b, n, what)?;
-        let scale = Rows::new(f32_data(s3, what)?, l3, b, n, what)?;
-        let mut out = vec![0f32; x.len()];
-        let eps = LN_EPS as f32;
-        let inv_n = 1.0 / n as f32;
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .enumerate()
-            .for_each(|(r, (dst, src))| {
-                let bi = r / rows.max(1);
-                let (sh, sc) = (shift.row(bi), scale.row(bi));
-                let (s, s2) = sums(src);
-                let mean = s * inv_n;
-                let var = (s2 * inv_n - mean * mean).max(0.0);
-                let inv_std = (var + eps).sqrt().recip();
-                for (((d, &v), &c), &h) in dst.iter_mut().zip(src).zip(sc).zip(sh) {
-                    *d = (v - mean) * inv_std * (1.0 + c) + h;
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// `LayerNorm(x) * (1 + scale[:, None]) + shift[:, None]` (no affine, eps 1e-6, f32 statistics with the clamped
-/// fast variance `E[x²] - E[x]²` as flax). `x`: `[B, T, H]`; `shift`, `scale`: `[B, H]`.
-pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
-    let x = x.contiguous()?;
-    x.apply_op3_no_bwd(shift, scale, &LnModulate)
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -284,6 +216,15 @@ impl SharedMut {
 /// strided views of `qkv`, so nothing is copied, no `[heads, T, T]` tensor is materialised, and at batch 1 the
 /// heads (not the small products) keep all cores busy.
 pub fn attention(qkv: &Tensor, num_heads: usize) -> candle_core::Result<Tensor> {
+    attention_with(qkv, num_heads, CpuKernels::detect())
+}
+
+/// [`attention`] with the given kernels (AVX-512 tiles, or the `gemm` crate on the portable path).
+fn attention_with(
+    qkv: &Tensor,
+    num_heads: usize,
+    kernels: CpuKernels,
+) -> candle_core::Result<Tensor> {
     let what = "odelt-attention";
     let (b, t, three_h) = qkv.dims3()?;
     if num_heads == 0 || three_h % (3 * num_heads) != 0 {
@@ -295,74 +236,194 @@ pub fn attention(qkv: &Tensor, num_heads: usize) -> candle_core::Result<Tensor> 
     let src = contiguous(f32_guard(&guard, what)?, layout, what)?;
     let mut out = vec![0f32; b * t * h];
     let dst = SharedMut(out.as_mut_ptr());
+    let avx512 = matches!(kernels, CpuKernels::Avx512 { .. });
     (0..b * num_heads).into_par_iter().for_each_init(
-        || vec![0f32; t * t],
-        |s, task| {
+        || {
+            let kt = vec![0f32; if avx512 { hd * t } else { 0 }];
+            (vec![0f32; t * t], kt, vec![0f32; t])
+        },
+        |(s, kt, inv), task| {
             let (bi, head) = (task / num_heads, task % num_heads);
             let base = bi * t * three_h + head * hd;
             let (q, k, v) = (&src[base..], &src[base + h..], &src[base + 2 * h..]);
-            let rs = three_h as isize;
-            // SAFETY: every index the products touch lies inside `src` / `s` / `out` (rows `< t` of stride
-            // `3H` from `base + 2H + hd <= bi*T*3H + 3H`, columns `< hd`), and tasks write disjoint column blocks
-            // `[head*hd, (head+1)*hd)` of sample `bi`'s rows of `out`.
-            unsafe {
-                // S[i, j] = sum_c q[i, c] k[j, c]: rhs element (c, j) is k[j, c].
-                gemm::gemm(
-                    t,
-                    t,
-                    hd,
-                    s.as_mut_ptr(),
-                    1,
-                    t as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    rs,
-                    k.as_ptr(),
-                    rs,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+            let rs = three_h;
+            // SAFETY (both products): every index touched lies inside `src` / `s` / `kt` / `out` (rows `< t` of
+            // stride `3H` from `base + 2H + hd <= bi*T*3H + 3H`, columns `< hd`), and tasks write disjoint column
+            // blocks `[head*hd, (head+1)*hd)` of sample `bi`'s rows of `out`.
+            let y = unsafe { dst.ptr().add(bi * t * h + head * hd) };
+            if avx512 {
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512_scores(q, k, rs, t, hd, s, kt)
+                };
+            } else {
+                unsafe { gemm_scores(q, k, rs, t, hd, s) };
             }
-            for row in s.chunks_exact_mut(t) {
-                let max = lane_max(row);
-                row.iter_mut().for_each(|x| *x = exp_f32(*x - max));
-                let inv = sums(row).0.recip();
-                row.iter_mut().for_each(|x| *x *= inv);
+            // Softmax numerators in place; the normalisation scales the (narrower) output rows instead.
+            for (row, inv) in s.chunks_exact_mut(t).zip(inv.iter_mut()) {
+                *inv = exp_shifted_(row).recip();
             }
-            unsafe {
-                let y = dst.ptr().add(bi * t * h + head * hd);
-                gemm::gemm(
-                    t,
-                    hd,
-                    t,
-                    y,
-                    1,
-                    h as isize,
-                    false,
-                    s.as_ptr(),
-                    1,
-                    t as isize,
-                    v.as_ptr(),
-                    1,
-                    rs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+            if avx512 {
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512_weighted(s, v, rs, t, hd, y, h)
+                };
+            } else {
+                unsafe { gemm_weighted(s, v, rs, t, hd, y, h) };
+            }
+            for (i, &f) in inv.iter().enumerate() {
+                // SAFETY: row i's `hd` columns of this head (see above).
+                let row = unsafe { std::slice::from_raw_parts_mut(y.add(i * h), hd) };
+                row.iter_mut().for_each(|x| *x *= f);
             }
         },
     );
     drop(guard);
     Tensor::from_vec(out, (b, t, h), qkv.device())
+}
+
+// The attention products of one (sample, head): `S = q kᵀ` (`[t, t]`, row stride `t`) and `Y = S v` written into the
+// head's columns of the output (row stride `h`); `q`, `k`, `v` are rows of stride `rs` (the fused projection).
+
+/// `S = q kᵀ` with the `gemm` crate (single-threaded: the heads are the parallel tasks).
+unsafe fn gemm_scores(q: &[f32], k: &[f32], rs: usize, t: usize, hd: usize, s: &mut [f32]) {
+    // S[i, j] = sum_c q[i, c] k[j, c]: rhs element (c, j) is k[j, c].
+    gemm::gemm(
+        t,
+        t,
+        hd,
+        s.as_mut_ptr(),
+        1,
+        t as isize,
+        false,
+        q.as_ptr(),
+        1,
+        rs as isize,
+        k.as_ptr(),
+        rs as isize,
+        1,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// `Y = S v` with the `gemm` crate.
+unsafe fn gemm_weighted(
+    s: &[f32],
+    v: &[f32],
+    rs: usize,
+    t: usize,
+    hd: usize,
+    y: *mut f32,
+    h: usize,
+) {
+    gemm::gemm(
+        t,
+        hd,
+        t,
+        y,
+        1,
+        h as isize,
+        false,
+        s.as_ptr(),
+        1,
+        t as isize,
+        v.as_ptr(),
+        1,
+        rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows_x64 {
+    ($rows:expr, $($arg:expr),*) => {
+        match $rows {
+            6 => avx512::rows_x64::<6>($($arg),*),
+            5 => avx512::rows_x64::<5>($($arg),*),
+            4 => avx512::rows_x64::<4>($($arg),*),
+            3 => avx512::rows_x64::<3>($($arg),*),
+            2 => avx512::rows_x64::<2>($($arg),*),
+            _ => avx512::rows_x64::<1>($($arg),*),
+        }
+    };
+}
+
+/// `S = q kᵀ` with the AVX-512 tiles: `kᵀ` transposed once into `kt` (`[hd, t]`), then `6 x 64` tiles of `S`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx512_scores(
+    q: &[f32],
+    k: &[f32],
+    rs: usize,
+    t: usize,
+    hd: usize,
+    s: &mut [f32],
+    kt: &mut [f32],
+) {
+    // Blocks of 16 keys: each pass writes 16 consecutive values of a `kt` row from 16 cached rows of `k`.
+    for j0 in (0..t).step_by(16) {
+        for c in 0..hd {
+            for j in j0..(j0 + 16).min(t) {
+                kt[c * t + j] = k[j * rs + c];
+            }
+        }
+    }
+    for j0 in (0..t).step_by(avx512::NB) {
+        let cols = (t - j0).min(avx512::NB);
+        for r0 in (0..t).step_by(avx512::RB) {
+            let rows = (t - r0).min(avx512::RB);
+            rows_x64!(
+                rows,
+                hd,
+                q.as_ptr().add(r0 * rs),
+                rs,
+                kt.as_ptr().add(j0),
+                t,
+                s.as_mut_ptr().add(r0 * t + j0),
+                t,
+                cols
+            );
+        }
+    }
+}
+
+/// `Y = S v` with the AVX-512 tiles (`v` read in place).
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx512_weighted(
+    s: &[f32],
+    v: &[f32],
+    rs: usize,
+    t: usize,
+    hd: usize,
+    y: *mut f32,
+    h: usize,
+) {
+    for c0 in (0..hd).step_by(avx512::NB) {
+        let cols = (hd - c0).min(avx512::NB);
+        for r0 in (0..t).step_by(avx512::RB) {
+            let rows = (t - r0).min(avx512::RB);
+            rows_x64!(
+                rows,
+                t,
+                s.as_ptr().add(r0 * t),
+                t,
+                v.as_ptr().add(c0),
+                rs,
+                y.add(r0 * h + c0),
+                h,
+                cols
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -413,13 +474,22 @@ mod tests {
     }
 
     #[test]
-    fn ln_modulate_matches_candle_chain() {
-        let (b, t, h) = (3, 5, 40);
-        let x = rand(&[b, t, h], 1);
-        let m = rand(&[b, 6 * h], 2);
+    fn ln_modulate_row_matches_candle_chain() {
+        let (t, h) = (5, 40);
+        let x = rand(&[t, h], 1);
+        let m = rand(&[1, 6 * h], 2);
         let shift = m.narrow(1, h, h).unwrap();
         let scale = m.narrow(1, 4 * h, h).unwrap();
-        let got = ln_modulate(&x, &shift, &scale).unwrap();
+        let (xv, sh, sc) = (
+            x.to_vec2::<f32>().unwrap(),
+            shift.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            scale.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let mut got = vec![0f32; t * h];
+        for (src, dst) in xv.iter().zip(got.chunks_exact_mut(h)) {
+            ln_modulate_row(src, &sh, &sc, dst);
+        }
+        let got = Tensor::from_vec(got, (t, h), &Device::Cpu).unwrap();
         let mean = x.mean_keepdim(D::Minus1).unwrap();
         let xc = x.broadcast_sub(&mean).unwrap();
         let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
@@ -427,42 +497,50 @@ mod tests {
             .broadcast_div(&(var + LN_EPS).unwrap().sqrt().unwrap())
             .unwrap();
         let want = ln
-            .broadcast_mul(&(scale.unsqueeze(1).unwrap() + 1.0).unwrap())
+            .broadcast_mul(&(scale + 1.0).unwrap())
             .unwrap()
-            .broadcast_add(&shift.unsqueeze(1).unwrap())
+            .broadcast_add(&shift)
             .unwrap();
         assert!(max_abs_diff(&got, &want) < 1e-5);
     }
 
     #[test]
     fn attention_matches_candle_ops() {
-        // T = 37 and hd = 12: sizes off the kernels' register blocks; batch 2 checks the per-sample offsets.
-        let (b, t, nh, hd) = (2, 37, 3, 12);
-        let h = nh * hd;
-        let qkv = rand(&[b, t, 3 * h], 21);
-        let part = |j: usize| {
-            qkv.narrow(D::Minus1, j * h, h)
-                .unwrap()
-                .reshape((b, t, nh, hd))
+        // T = 37 / 70 and hd = 12 / 72: sizes off the kernels' register blocks (hd 72 spans two column blocks);
+        // batch 2 checks the per-sample offsets.
+        for (b, t, nh, hd) in [(2, 37, 3, 12), (1, 70, 2, 72)] {
+            let h = nh * hd;
+            let qkv = rand(&[b, t, 3 * h], 21);
+            let part = |j: usize| {
+                qkv.narrow(D::Minus1, j * h, h)
+                    .unwrap()
+                    .reshape((b, t, nh, hd))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let (q, k, v) = (part(0), part(1), part(2));
+            let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
+            let want = w
+                .matmul(&v)
                 .unwrap()
                 .transpose(1, 2)
                 .unwrap()
-                .contiguous()
-                .unwrap()
-        };
-        let (q, k, v) = (part(0), part(1), part(2));
-        let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
-        let want = w
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((b, t, h))
-            .unwrap();
-        let got = attention(&qkv, nh).unwrap();
-        assert_eq!(got.dims(), &[b, t, h]);
-        assert!(max_abs_diff(&got, &want) < 1e-5);
-        assert!(attention(&qkv, 5).is_err());
+                .reshape((b, t, h))
+                .unwrap();
+            let mut kernels = vec![CpuKernels::Portable];
+            if CpuKernels::detect() != CpuKernels::Portable {
+                kernels.push(CpuKernels::detect());
+            }
+            for k in kernels {
+                let got = attention_with(&qkv, nh, k).unwrap();
+                assert_eq!(got.dims(), &[b, t, h]);
+                assert!(max_abs_diff(&got, &want) < 1e-5, "{k:?} t {t} hd {hd}");
+            }
+            assert!(attention(&qkv, 5).is_err());
+        }
     }
 
     #[test]

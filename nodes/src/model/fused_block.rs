@@ -4,12 +4,12 @@
 //! strided views of the fused projection) from [`super::fused`]. Each stage is timed by [`super::profile`]
 //! (`odelt-bench --profile`).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use super::block::{DitBlock, FinalLayer};
 use super::fused;
 use super::layers::Dense;
-use super::packed::{CpuKernels, Epilogue, PackedLinear, WeightFormat};
+use super::packed::{CpuKernels, Epilogue, LnRows, PackedLinear, WeightFormat};
 use super::profile::Laps;
 use crate::error::Result;
 
@@ -47,6 +47,26 @@ fn apply(layer: &PackedLinear, x: &Tensor, epi: Epilogue, what: &str) -> Result<
         *last = layer.fan_out();
     }
     Ok(Tensor::from_vec(out, out_dims, x.device())?)
+}
+
+/// `values` as a tensor shaped like `like` with the last dimension `last`.
+fn to_tensor(values: Vec<f32>, like: &Tensor, last: usize) -> Result<Tensor> {
+    let mut dims = like.dims().to_vec();
+    if let Some(l) = dims.last_mut() {
+        *l = last;
+    }
+    Ok(Tensor::from_vec(values, dims, like.device())?)
+}
+
+/// The LayerNorm + modulation prologue from chunks `i` (shift) and `i + 1` (scale) of the modulation `m`
+/// `[B, chunks * H]`, one row per sample of `tokens` rows.
+fn modulation(m: &[f32], i: usize, chunks: usize, hidden: usize, tokens: usize) -> LnRows<'_> {
+    LnRows {
+        shift: &m[i * hidden..],
+        scale: &m[(i + 1) * hidden..],
+        stride: chunks * hidden,
+        rows_per_sample: tokens,
+    }
 }
 
 /// adaLN-Zero's gate for chunk `i` of the modulation `m` `[B, 6H]`, per token row of a `[B, T, H]` product.
@@ -110,16 +130,23 @@ impl FusedBlock {
     /// Same contract as [`DitBlock::forward`] for f32 `x` and `c` (not differentiable).
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let what = "fused DiT block";
-        let (_, tokens, hidden) = x.dims3()?;
+        let (b, tokens, hidden) = x.dims3()?;
+        let rows = b * tokens;
         let mut laps = Laps::start();
         let m = apply(&self.ada_ln, &c.silu()?, Epilogue::Bias, what)?;
         laps.lap("adaLN: silu + Dense_0 [B,H]x[H,6H]");
-        let chunk = |i: usize| m.narrow(1, i * hidden, hidden);
 
-        let h = fused::ln_modulate(x, &chunk(0)?, &chunk(1)?)?;
-        laps.lap("LayerNorm + modulate (fused)");
-        let qkv = apply(&self.qkv, &h, Epilogue::Bias, what)?;
-        laps.lap("matmul q|k|v [BT,H]x[H,3H] + bias");
+        let qkv = read(x, what, |xs| {
+            read(&m, what, |ms| {
+                let ln = modulation(ms, 0, 6, hidden, tokens);
+                to_tensor(
+                    self.qkv.forward_ln(xs, rows, ln, Epilogue::Bias)?,
+                    x,
+                    3 * hidden,
+                )
+            })
+        })?;
+        laps.lap("LayerNorm + modulate, matmul q|k|v [BT,H]x[H,3H] + bias");
         let y = fused::attention(&qkv, self.num_heads)?;
         laps.lap("attention q.k^T, softmax, w.v (fused per head)");
         let x1 = read(x, what, |xs| {
@@ -129,10 +156,14 @@ impl FusedBlock {
         })?;
         laps.lap("matmul attn out [BT,H]x[H,H] + bias, gate, residual");
 
-        let h = fused::ln_modulate(&x1, &chunk(3)?, &chunk(4)?)?;
-        laps.lap("LayerNorm + modulate (fused)");
-        let u = apply(&self.mlp_in, &h, Epilogue::BiasGelu, what)?;
-        laps.lap("matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
+        let u = read(&x1, what, |xs| {
+            read(&m, what, |ms| {
+                let ln = modulation(ms, 3, 6, hidden, tokens);
+                let u = self.mlp_in.forward_ln(xs, rows, ln, Epilogue::BiasGelu)?;
+                to_tensor(u, x, self.mlp_in.fan_out())
+            })
+        })?;
+        laps.lap("LayerNorm + modulate, matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
         let out = read(&x1, what, |xs| {
             read(&m, what, |ms| {
                 apply(&self.mlp_out, &u, gated(xs, ms, 5, hidden, tokens), what)
@@ -168,9 +199,19 @@ impl FusedFinalLayer {
     /// Same contract as [`FinalLayer::forward`] for f32 inputs (not differentiable).
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let what = "fused final layer";
-        let m = apply(&self.ada_ln, &c.silu()?, Epilogue::Bias, what)?.chunk(2, D::Minus1)?;
-        let h = fused::ln_modulate(x, &m[0], &m[1])?;
-        apply(&self.proj, &h, Epilogue::Bias, what)
+        let (_, tokens, hidden) = x.dims3()?;
+        let rows = x.elem_count() / hidden.max(1);
+        let m = apply(&self.ada_ln, &c.silu()?, Epilogue::Bias, what)?;
+        read(x, what, |xs| {
+            read(&m, what, |ms| {
+                let ln = modulation(ms, 0, 2, hidden, tokens);
+                to_tensor(
+                    self.proj.forward_ln(xs, rows, ln, Epilogue::Bias)?,
+                    x,
+                    self.proj.fan_out(),
+                )
+            })
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::avx512::{self, TileEpilogue, MR, NR};
-use super::fused::gelu_tanh;
+use super::fused::{gelu_tanh, ln_modulate_row};
 use crate::error::{Error, Result};
 
 /// What is stored for the weights and multiplied with.
@@ -84,6 +84,26 @@ pub enum Epilogue<'a> {
     },
 }
 
+/// A prologue applied to each row of `x` as it is packed: adaLN's `LayerNorm(x) * (1 + scale) + shift` with one
+/// `shift` / `scale` row (of length `K`, at `sample * stride`) per sample of `rows_per_sample` rows. Fused into the
+/// packing, so the normalised activations are never written out.
+#[derive(Debug, Clone, Copy)]
+pub struct LnRows<'a> {
+    pub shift: &'a [f32],
+    pub scale: &'a [f32],
+    pub stride: usize,
+    pub rows_per_sample: usize,
+}
+
+impl LnRows<'_> {
+    /// Row `r` of `x` (`src`) through the prologue into `dst`.
+    fn apply(&self, r: usize, src: &[f32], dst: &mut [f32]) {
+        let off = (r / self.rows_per_sample) * self.stride;
+        let k = src.len();
+        ln_modulate_row(src, &self.shift[off..][..k], &self.scale[off..][..k], dst);
+    }
+}
+
 #[derive(Debug)]
 enum Weights {
     F32Panels(Vec<f32>),
@@ -100,9 +120,15 @@ pub struct PackedLinear {
     weights: Arc<Weights>,
 }
 
-/// Rows of `A` per block that stay in L2 while every panel of a task passes over them (128: best of 64-4096 for
-/// the DiT-B products at batch 8 on the development machine, `odelt-bench gemm --batch 8`).
-const MC: usize = 128;
+/// Bytes of packed `A` per row block: the block stays in L2 (1 MB per core on the development machine, with the
+/// current weight panel beside it) while every panel of a task passes over it. 384 KB = 128 f32 rows at K = 768,
+/// the best of 64-4096 rows for the DiT-B products at batch 8 (`odelt-bench gemm --batch 8`).
+const A_BLOCK_BYTES: usize = 384 << 10;
+
+/// Rows per block of `A` for depth `k` and `bytes` per packed element: a multiple of the tile height.
+fn row_block(k: usize, bytes: usize) -> usize {
+    (A_BLOCK_BYTES / (k * bytes).max(1) / MR * MR).clamp(MR, 512)
+}
 
 impl PackedLinear {
     /// Packs a row-major `[k, n]` kernel and its `[n]` bias for `kernels`. `Bf16` needs AVX512-BF16.
@@ -213,6 +239,34 @@ impl PackedLinear {
 
     /// `epilogue(a W + b)` for `a` row-major `[m, k]`; returns row-major `[m, n]`.
     pub fn forward(&self, a: &[f32], m: usize, epi: Epilogue) -> Result<Vec<f32>> {
+        self.forward_inner(a, m, None, epi)
+    }
+
+    /// `epilogue(ln(x) W + b)` with the [`LnRows`] prologue on each row of `x` `[m, k]`.
+    pub fn forward_ln(&self, x: &[f32], m: usize, ln: LnRows, epi: Epilogue) -> Result<Vec<f32>> {
+        let samples = m.div_ceil(ln.rows_per_sample.max(1));
+        let need = samples.saturating_sub(1) * ln.stride + self.k;
+        if ln.rows_per_sample == 0 || (m > 0 && (ln.shift.len() < need || ln.scale.len() < need)) {
+            return Err(Error::invalid(format!(
+                "LayerNorm prologue of a [{m}, {}] product: {} shift and {} scale values (stride {}, {} rows \
+                 per sample)",
+                self.k,
+                ln.shift.len(),
+                ln.scale.len(),
+                ln.stride,
+                ln.rows_per_sample
+            )));
+        }
+        self.forward_inner(x, m, Some(ln), epi)
+    }
+
+    fn forward_inner(
+        &self,
+        a: &[f32],
+        m: usize,
+        ln: Option<LnRows>,
+        epi: Epilogue,
+    ) -> Result<Vec<f32>> {
         let (k, n) = (self.k, self.n);
         if a.len() != m * k {
             return Err(Error::invalid(format!(
@@ -251,6 +305,19 @@ impl PackedLinear {
         match &*self.weights {
             Weights::RowMajor(w) => {
                 out.resize(m * n, 0.0);
+                let normed: Vec<f32>;
+                let a = match ln {
+                    None => a,
+                    Some(ln) => {
+                        let mut v = vec![0f32; m * k];
+                        v.par_chunks_mut(k)
+                            .zip(a.par_chunks(k))
+                            .enumerate()
+                            .for_each(|(r, (dst, src))| ln.apply(r, src, dst));
+                        normed = v;
+                        &normed
+                    }
+                };
                 // SAFETY: the extents match the strides given (checked above).
                 unsafe {
                     gemm::gemm(
@@ -278,7 +345,7 @@ impl PackedLinear {
                 portable_epilogue(&mut out, n, &self.bias, epi);
             }
             Weights::F32Panels(w) => {
-                let ap = pack_rows_f32(a, m, k);
+                let ap = pack_rows_f32(a, m, k, ln);
                 self.tiled(m, out.as_mut_ptr(), epi, |r0, rows, p, c, ldc, cols, te| {
                     // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
                     // points at row r0 / panel p of `out`.
@@ -302,7 +369,7 @@ impl PackedLinear {
             }
             Weights::Bf16Panels(w) => {
                 let pairs = k.div_ceil(2);
-                let ap = pack_rows_bf16(a, m, k);
+                let ap = pack_rows_bf16(a, m, k, ln);
                 self.tiled(m, out.as_mut_ptr(), epi, |r0, rows, p, c, ldc, cols, te| {
                     // SAFETY: as for f32 (a packed tile holds `pairs * 2 * MR` values).
                     unsafe {
@@ -329,7 +396,7 @@ impl PackedLinear {
 
     /// Runs `tile(r0, rows, panel, c, ldc, cols, epilogue)` over every `MR x 48` tile of the `[m, n]` output, split
     /// across the rayon pool: whole panels per task where there are enough of them (each task's panels pass over
-    /// the same block of `MC` rows of `A`, held in L2), otherwise rows as well.
+    /// the same block of rows of `A` ([`row_block`]), held in L2), otherwise rows as well.
     #[allow(clippy::type_complexity)]
     fn tiled(
         &self,
@@ -341,6 +408,14 @@ impl PackedLinear {
         let n = self.n;
         let panels = n.div_ceil(NR);
         let tiles = m.div_ceil(MR);
+        let mc = row_block(
+            self.k,
+            if self.format() == WeightFormat::Bf16 {
+                2
+            } else {
+                4
+            },
+        );
         let threads = rayon::current_num_threads().max(1);
         let col_tasks = threads.min(panels);
         let row_tasks = (threads / col_tasks).clamp(1, tiles);
@@ -352,7 +427,7 @@ impl PackedLinear {
             let (rows0, rows1) = (t0 * MR, (t1 * MR).min(m));
             let mut ic = rows0;
             while ic < rows1 {
-                let ic_end = (ic + MC).min(rows1);
+                let ic_end = (ic + mc).min(rows1);
                 for p in p0..p1 {
                     let cols = (n - p * NR).min(NR);
                     let mut r0 = ic;
@@ -371,41 +446,57 @@ impl PackedLinear {
     }
 }
 
-/// `a` `[m, k]` as row tiles for the f32 tiles: tile `t` holds rows `8t..8t+8` as `[k, 8]` (rows past `m` zero),
-/// so a tile reads one contiguous stream instead of eight rows `k` apart.
-fn pack_rows_f32(a: &[f32], m: usize, k: usize) -> Vec<f32> {
+/// `a` `[m, k]` (through the prologue, if any) as row tiles for the f32 tiles: tile `t` holds rows `8t..8t+8` as
+/// `[k, 8]` (rows past `m` zero), so a tile reads one contiguous stream instead of eight rows `k` apart.
+fn pack_rows_f32(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<f32> {
     let mut out = SCRATCH_F32.take(m.div_ceil(MR) * k * MR);
-    out.par_chunks_mut(k * MR).enumerate().for_each(|(t, dst)| {
-        let rows = MR.min(m - t * MR);
-        for r in 0..rows {
-            let src = &a[(t * MR + r) * k..][..k];
-            for (kk, &v) in src.iter().enumerate() {
-                dst[kk * MR + r] = v;
+    out.par_chunks_mut(k * MR).enumerate().for_each_init(
+        || vec![0f32; if ln.is_some() { k } else { 0 }],
+        |tmp, (t, dst)| {
+            let rows = MR.min(m - t * MR);
+            for r in 0..rows {
+                let mut src = &a[(t * MR + r) * k..][..k];
+                if let Some(ln) = ln {
+                    ln.apply(t * MR + r, src, tmp);
+                    src = tmp;
+                }
+                for (kk, &v) in src.iter().enumerate() {
+                    dst[kk * MR + r] = v;
+                }
             }
-        }
-        for r in rows..MR {
-            (0..k).for_each(|kk| dst[kk * MR + r] = 0.0);
-        }
-    });
+            for r in rows..MR {
+                (0..k).for_each(|kk| dst[kk * MR + r] = 0.0);
+            }
+        },
+    );
     out
 }
 
-/// `a` `[m, k]` rounded to bf16 as row tiles for the bf16 tiles: tile `t` holds rows `8t..8t+8` as
-/// `[k/2, 8, 2]` (each row's depth pair side by side; the odd pad and rows past `m` zero).
-fn pack_rows_bf16(a: &[f32], m: usize, k: usize) -> Vec<u16> {
+/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 as row tiles for the bf16 tiles: tile `t` holds
+/// rows `8t..8t+8` as `[k/2, 8, 2]` (each row's depth pair side by side; the odd pad and rows past `m` zero).
+fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u16> {
     let pairs = k.div_ceil(2);
     let mut out = SCRATCH_U16.take(m.div_ceil(MR) * pairs * 2 * MR);
     out.par_chunks_mut(pairs * 2 * MR)
         .enumerate()
         .for_each_init(
-            || vec![0u16; 2 * pairs],
-            |row, (t, dst)| {
+            || {
+                (
+                    vec![0u16; 2 * pairs],
+                    vec![0f32; if ln.is_some() { k } else { 0 }],
+                )
+            },
+            |(row, tmp), (t, dst)| {
                 let rows = MR.min(m - t * MR);
                 for r in rows..MR {
                     (0..pairs).for_each(|p| dst[(p * MR + r) * 2..][..2].fill(0));
                 }
                 for r in 0..rows {
-                    let src = &a[(t * MR + r) * k..][..k];
+                    let mut src = &a[(t * MR + r) * k..][..k];
+                    if let Some(ln) = ln {
+                        ln.apply(t * MR + r, src, tmp);
+                        src = tmp;
+                    }
                     // SAFETY: the bf16 format exists only where `pack` saw AVX512-BF16; `row` holds >= k values.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
@@ -689,6 +780,37 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn layernorm_prologue_matches_a_separate_pass() {
+        // 2 samples of 5 rows, modulation rows of stride 3k with shift at 0 and scale at k.
+        let (m, k, n, rows) = (10, 40, 50, 5);
+        let x = rand(m * k, 7);
+        let modulation = rand(2 * 3 * k, 8);
+        let w = rand(k * n, 9);
+        let b = rand(n, 10);
+        let ln = LnRows {
+            shift: &modulation,
+            scale: &modulation[k..],
+            stride: 3 * k,
+            rows_per_sample: rows,
+        };
+        let mut normed = vec![0f32; m * k];
+        for r in 0..m {
+            ln.apply(r, &x[r * k..][..k], &mut normed[r * k..][..k]);
+        }
+        for kernels in kernels_here() {
+            let layer = PackedLinear::pack(&w, &b, k, n, WeightFormat::F32, kernels).unwrap();
+            let want = layer.forward(&normed, m, Epilogue::BiasGelu).unwrap();
+            let got = layer.forward_ln(&x, m, ln, Epilogue::BiasGelu).unwrap();
+            assert_eq!(got, want, "{kernels:?}");
+            let short = LnRows {
+                shift: &modulation[..3 * k],
+                ..ln
+            };
+            assert!(layer.forward_ln(&x, m, short, Epilogue::Bias).is_err());
         }
     }
 

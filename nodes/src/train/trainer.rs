@@ -293,7 +293,9 @@ impl Trainer {
             let terms = self.train_step(data)?;
             on_step(self, &terms, t0.elapsed().as_secs_f64())?;
             if let Some(p) = state_path {
-                if (checkpoint_every > 0 && self.step.is_multiple_of(checkpoint_every)) || self.step == end {
+                if (checkpoint_every > 0 && self.step.is_multiple_of(checkpoint_every))
+                    || self.step == end
+                {
                     self.save_state(p)?;
                 }
             }

@@ -183,7 +183,8 @@ impl VaeEncoder {
                 "VAE encode expects NCHW images [B, {ic}, H, W] in [-1, 1], got {dims:?}"
             )));
         }
-        if !dims[2].is_multiple_of(f) || !dims[3].is_multiple_of(f) || dims[2] == 0 || dims[3] == 0 {
+        if !dims[2].is_multiple_of(f) || !dims[3].is_multiple_of(f) || dims[2] == 0 || dims[3] == 0
+        {
             return Err(Error::invalid(format!(
                 "VAE encode: image size {}x{} is not a positive multiple of {f}; crop or resize first",
                 dims[2], dims[3]
