@@ -146,7 +146,7 @@ impl FusedBlock {
                 )
             })
         })?;
-        laps.lap("LayerNorm + modulate, matmul q|k|v [BT,H]x[H,3H] + bias");
+        laps.lap("LayerNorm + modulate, matmul qkv [BT,H]x[H,3H] + bias");
         let y = fused::attention(&qkv, self.num_heads)?;
         laps.lap("attention q.k^T, softmax, w.v (fused per head)");
         let x1 = read(x, what, |xs| {

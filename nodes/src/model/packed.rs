@@ -10,6 +10,8 @@
 //! Why our own kernel (measured in docs/benchmarks.md): the `gemm` crate under candle packs the weights on every
 //! call, cannot fuse the element-wise work that follows each product, and has no bf16 dot-product kernel.
 
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
+
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -50,6 +52,20 @@ impl CpuKernels {
             };
         }
         CpuKernels::Portable
+    }
+
+    /// Whether this CPU can run these kernels (the hardware, whatever `ODELT_CPU_KERNELS` says).
+    pub fn supported(self) -> bool {
+        match self {
+            CpuKernels::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            CpuKernels::Avx512 { bf16 } => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && (!bf16 || std::arch::is_x86_feature_detected!("avx512bf16"))
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            CpuKernels::Avx512 { .. } => false,
+        }
     }
 
     /// Whether the bf16 format can be multiplied here.
@@ -145,6 +161,12 @@ impl PackedLinear {
                 "packing a [{k}, {n}] layer from {} kernel and {} bias values",
                 kernel.len(),
                 bias.len()
+            )));
+        }
+        if !kernels.supported() {
+            return Err(Error::invalid(format!(
+                "this CPU cannot run the {} kernels",
+                kernels.name()
             )));
         }
         let panels = n.div_ceil(NR);
@@ -344,6 +366,11 @@ impl PackedLinear {
                 }
                 portable_epilogue(&mut out, n, &self.bias, epi);
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            Weights::F32Panels(_) | Weights::Bf16Panels(_) => {
+                unreachable!("packed panels are only built on x86_64 (`pack` checks `supported`)")
+            }
+            #[cfg(target_arch = "x86_64")]
             Weights::F32Panels(w) => {
                 let ap = pack_rows_f32(a, m, k, ln);
                 self.tiled(m, out.as_mut_ptr(), epi, |r0, rows, p, c, ldc, cols, te| {
@@ -367,6 +394,7 @@ impl PackedLinear {
                 // SAFETY: the tiles cover every element of the `[m, n]` output.
                 unsafe { out.set_len(m * n) };
             }
+            #[cfg(target_arch = "x86_64")]
             Weights::Bf16Panels(w) => {
                 let pairs = k.div_ceil(2);
                 let ap = pack_rows_bf16(a, m, k, ln);

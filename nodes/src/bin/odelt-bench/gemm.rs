@@ -31,7 +31,7 @@ pub fn block_shapes(hidden: usize, tokens: usize, batch: usize, square: usize) -
     };
     vec![
         s("adaLN", batch, hidden, 6 * hidden),
-        s("q|k|v", m, hidden, 3 * hidden),
+        s("qkv", m, hidden, 3 * hidden),
         s("attn out", m, hidden, hidden),
         s("mlp in", m, hidden, 4 * hidden),
         s("mlp out", m, 4 * hidden, hidden),

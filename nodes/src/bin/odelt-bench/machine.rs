@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+use odelt_nodes::model::packed::{CpuKernels, Epilogue, PackedLinear, WeightFormat};
 use odelt_nodes::util::XorShift;
 
 use crate::model;
@@ -59,13 +60,21 @@ pub fn cpu_share(cpu_s: f64, wall_s: f64, cores: usize) -> f64 {
     }
 }
 
-/// The reference: a square f32 matmul on random inputs, timed in bursts of back-to-back products lasting at least
+/// A reference: a square matmul on random inputs, timed in bursts of back-to-back products lasting at least
 /// [`RefMatmul::BURST_S`], so that on a shared machine its samples see the same kind of preemption as the
 /// seconds-long forwards (a single 40 ms product often fits between two preemptions and flatters the reference).
+/// On the CPU the references are candle's matmul (the `gemm` crate) and, where they run, the packed f32 and bf16
+/// layers of the fused forward ([`RefMatmul::packed`]): the forward is stated against the best of its precision.
 pub struct RefMatmul {
     a: Tensor,
     b: Tensor,
+    a_host: Vec<f32>,
+    packed: Option<PackedLinear>,
     device: Device,
+    /// What multiplies (for the report).
+    pub kernel: String,
+    /// The precision of the product.
+    pub format: WeightFormat,
     /// Products per timed burst.
     pub per_burst: usize,
 }
@@ -73,14 +82,43 @@ pub struct RefMatmul {
 impl RefMatmul {
     const BURST_S: f64 = 0.25;
 
+    /// candle's matmul in f32 on `device`.
     pub fn new(n: usize, device: &Device) -> Result<Self> {
+        Self::build(n, device, None)
+    }
+
+    /// The packed CPU layer of the fused forward, in `format`.
+    pub fn packed(n: usize, format: WeightFormat, kernels: CpuKernels) -> Result<Self> {
+        Self::build(n, &Device::Cpu, Some((format, kernels)))
+    }
+
+    fn build(
+        n: usize,
+        device: &Device,
+        packed: Option<(WeightFormat, CpuKernels)>,
+    ) -> Result<Self> {
         let mut rng = XorShift::new(11);
         let a: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let b: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
+        let (layer, kernel, format) = match packed {
+            None => (None, gemm_kernel(device).to_string(), WeightFormat::F32),
+            Some((format, kernels)) => {
+                let layer = PackedLinear::pack(&b, &vec![0.0; n], n, n, format, kernels)?;
+                let name = match format {
+                    WeightFormat::F32 => "odelt packed f32",
+                    WeightFormat::Bf16 => "odelt packed bf16",
+                };
+                (Some(layer), name.to_string(), format)
+            }
+        };
         let mut r = RefMatmul {
-            a: Tensor::from_vec(a, (n, n), device)?,
+            a: Tensor::from_slice(&a, (n, n), device)?,
             b: Tensor::from_vec(b, (n, n), device)?,
+            a_host: a,
+            packed: layer,
             device: device.clone(),
+            kernel,
+            format,
             per_burst: 1,
         };
         // Warm-up, then size the bursts from the fastest of a few single products.
@@ -91,13 +129,19 @@ impl RefMatmul {
 
     /// Seconds per product, one value per burst, for `bursts` bursts.
     pub fn time(&self, bursts: usize) -> Result<Vec<f64>> {
+        let n = self.a.dim(0)?;
         let mut times = Vec::with_capacity(bursts);
         for _ in 0..bursts {
             let t0 = Instant::now();
             for _ in 0..self.per_burst {
-                let c = self.a.matmul(&self.b)?;
-                model::sync(&self.device)?;
-                drop(c);
+                match &self.packed {
+                    Some(layer) => drop(layer.forward(&self.a_host, n, Epilogue::Bias)?),
+                    None => {
+                        let c = self.a.matmul(&self.b)?;
+                        model::sync(&self.device)?;
+                        drop(c);
+                    }
+                }
             }
             times.push(t0.elapsed().as_secs_f64() / self.per_burst as f64);
         }

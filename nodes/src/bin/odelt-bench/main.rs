@@ -130,6 +130,10 @@ struct BenchArgs {
     /// Also time each stage of one forward at the longest length and the largest batch (per-op breakdown; CPU).
     #[arg(long)]
     profile: bool,
+    /// Precision of the forward: fp32, bf16 (on a CPU with AVX512-BF16: bf16 weights and products, f32
+    /// accumulation, with a bf16 reference matmul) or fp16. The memory children always load fp32.
+    #[arg(long, default_value = "fp32")]
+    precision: odelt_nodes::pipeline::Precision,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use odelt_nodes::checkpoint::{self, LoadOptions};
+use odelt_nodes::model::packed::{CpuKernels, WeightFormat};
 use odelt_nodes::model::profile::{self, StageTime};
+use odelt_nodes::pipeline::Precision;
 use odelt_nodes::util::process_cpu_seconds;
 use odelt_nodes::DitConfig;
 
@@ -29,14 +31,15 @@ pub struct LatencyRow {
     pub flops: f64,
 }
 
-/// The reference matmul's timings.
+/// A reference matmul's timings.
 pub struct MatmulTimes {
     pub size: usize,
     pub median_s: f64,
     pub bursts: usize,
     pub per_burst: usize,
-    /// The kernels the matmul ran ([`gemm_kernel`]).
-    pub kernel: &'static str,
+    /// The kernels the matmul ran ([`gemm_kernel`], or the packed layers).
+    pub kernel: String,
+    pub format: WeightFormat,
 }
 
 impl MatmulTimes {
@@ -60,8 +63,30 @@ pub struct Results {
     /// Memory child reports by length (0 = the baseline that loads nothing).
     pub mem: BTreeMap<usize, BTreeMap<String, String>>,
     pub rows: Vec<LatencyRow>,
-    pub matmul: MatmulTimes,
+    /// Every reference matmul of the run.
+    pub matmuls: Vec<MatmulTimes>,
+    /// The precision of the forward.
+    pub precision: Precision,
     pub profile: Option<Profile>,
+}
+
+impl Results {
+    /// The reference the forward is stated against: the fastest matmul of the forward's precision (f32 for
+    /// anything but bf16 weights on the fused CPU path).
+    pub fn matmul(&self) -> &MatmulTimes {
+        let want = if self.precision == Precision::Bf16
+            && self.matmuls.iter().any(|m| m.format == WeightFormat::Bf16)
+        {
+            WeightFormat::Bf16
+        } else {
+            WeightFormat::F32
+        };
+        self.matmuls
+            .iter()
+            .filter(|m| m.format == want)
+            .max_by(|a, b| a.gflops().total_cmp(&b.gflops()))
+            .unwrap_or(&self.matmuls[0])
+    }
 }
 
 pub fn run(a: &BenchArgs) -> Result<Results> {
@@ -112,16 +137,38 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
         }
     }
 
-    let reference = RefMatmul::new(a.matmul_size, &device)?;
-    let mut mm_times = reference.time(a.matmul_runs.div_ceil(2).max(1))?;
+    let mut refs = vec![RefMatmul::new(a.matmul_size, &device)?];
+    let kernels = CpuKernels::detect();
+    if device.is_cpu() && kernels != CpuKernels::Portable {
+        refs.push(RefMatmul::packed(
+            a.matmul_size,
+            WeightFormat::F32,
+            kernels,
+        )?);
+        if a.precision == Precision::Bf16 && kernels.has_bf16() {
+            refs.push(RefMatmul::packed(
+                a.matmul_size,
+                WeightFormat::Bf16,
+                kernels,
+            )?);
+        }
+    }
+    let mut mm_times = refs
+        .iter()
+        .map(|r| r.time(a.matmul_runs.div_ceil(2).max(1)))
+        .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
     if !a.no_latency {
-        rows = latency(a, &ckpt, &cfg, &lengths, &device, &reference, &mut mm_times)?;
-        mm_times.extend(reference.time(a.matmul_runs / 2)?);
+        rows = latency(a, &ckpt, &cfg, &lengths, &device, &refs, &mut mm_times)?;
+        for (r, t) in refs.iter().zip(&mut mm_times) {
+            t.extend(r.time(a.matmul_runs / 2)?);
+        }
     }
     let profile = if a.profile {
         let b = *a.batch.iter().max().context("no batch")?;
-        Some(profile_forward(&ckpt, &device, &cfg, l_max, b, a.warmup)?)
+        Some(profile_forward(
+            a, &ckpt, &device, &cfg, l_max, b, a.warmup,
+        )?)
     } else {
         None
     };
@@ -131,13 +178,19 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
         l_max,
         mem,
         rows,
-        matmul: MatmulTimes {
-            size: a.matmul_size,
-            median_s: median(&mm_times),
-            bursts: mm_times.len(),
-            per_burst: reference.per_burst,
-            kernel: gemm_kernel(&device),
-        },
+        matmuls: refs
+            .iter()
+            .zip(&mm_times)
+            .map(|(r, t)| MatmulTimes {
+                size: a.matmul_size,
+                median_s: median(t),
+                bursts: t.len(),
+                per_burst: r.per_burst,
+                kernel: r.kernel.clone(),
+                format: r.format,
+            })
+            .collect(),
+        precision: a.precision,
         profile,
     })
 }
@@ -174,12 +227,22 @@ fn latency(
     cfg: &DitConfig,
     lengths: &[usize],
     device: &Device,
-    reference: &RefMatmul,
-    mm_times: &mut Vec<f64>,
+    refs: &[RefMatmul],
+    mm_times: &mut [Vec<f64>],
 ) -> Result<Vec<LatencyRow>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let l_max = lengths.iter().copied().max().unwrap_or(0);
-    let (_, dit) = model::open_model(ckpt, device, Some(l_max))?;
+    let (_, dit) = model::open_model_in(ckpt, device, Some(l_max), a.precision.dtype())?;
+    if a.precision != Precision::Fp32 {
+        println!(
+            "precision {}: {}",
+            a.precision.name(),
+            match dit.cpu_weights() {
+                Some(f) => format!("fused CPU kernels, {f:?} weights, f32 activations"),
+                None => "the reference ops in that dtype".to_string(),
+            }
+        );
+    }
     let models = lengths
         .iter()
         .map(|&l| dit.with_length(l))
@@ -208,7 +271,9 @@ fn latency(
                 cpu[j] += process_cpu_seconds() - c0;
                 drop(out);
             }
-            mm_times.extend(reference.time(1)?);
+            for (r, t) in refs.iter().zip(mm_times.iter_mut()) {
+                t.extend(r.time(1)?);
+            }
         }
         for (j, (&l, m)) in lengths.iter().zip(&models).enumerate() {
             let blocks = computed_blocks(cfg, m, l);
@@ -233,6 +298,7 @@ fn latency(
 
 /// One forward with stage timing on.
 fn profile_forward(
+    a: &BenchArgs,
     ckpt: &Path,
     device: &Device,
     cfg: &DitConfig,
@@ -240,7 +306,7 @@ fn profile_forward(
     batch: usize,
     warmup: usize,
 ) -> Result<Profile> {
-    let (_, dit) = model::open_model(ckpt, device, Some(l))?;
+    let (_, dit) = model::open_model_in(ckpt, device, Some(l), a.precision.dtype())?;
     let inp = model::inputs(cfg, batch, device)?;
     for _ in 0..warmup.max(1) {
         model::forward(&dit, &inp)?;

@@ -58,10 +58,20 @@ impl Drop for TempFile {
 }
 
 pub fn open_model(path: &Path, device: &Device, length: Option<usize>) -> Result<(DitConfig, Dit)> {
+    open_model_in(path, device, length, DType::F32)
+}
+
+/// [`open_model`] in another precision (bf16 on a CPU with AVX512-BF16: the fused path's bf16 weights).
+pub fn open_model_in(
+    path: &Path,
+    device: &Device,
+    length: Option<usize>,
+    dtype: DType,
+) -> Result<(DitConfig, Dit)> {
     let ck = checkpoint::open(path, &LoadOptions::default())
         .with_context(|| format!("opening checkpoint {}", path.display()))?;
     let cfg = ck.config.clone();
-    let model = Dit::load(&cfg, &*ck.source, device, DType::F32, length)
+    let model = Dit::load(&cfg, &*ck.source, device, dtype, length)
         .with_context(|| format!("loading the model from {}", path.display()))?;
     Ok((cfg, model))
 }

@@ -2,6 +2,8 @@
 
 use anyhow::{Context, Result};
 
+use odelt_nodes::model::packed::WeightFormat;
+
 use crate::machine::loadavg;
 use crate::measure::{Profile, Results};
 use crate::BenchArgs;
@@ -11,16 +13,20 @@ pub fn print(a: &BenchArgs, res: &Results) -> Result<()> {
     if !res.rows.is_empty() {
         latency_table(a, res);
     }
-    let m = &res.matmul;
-    let n = m.size;
-    println!(
-        "reference matmul ({}): {n}x{n} @ {n}x{n} f32, median {:.1} ms per product over {} bursts of {} -> {:.1} GFLOP/s",
-        m.kernel,
-        m.median_s * 1e3,
-        m.bursts,
-        m.per_burst,
-        m.gflops()
-    );
+    let best = res.matmul();
+    for m in &res.matmuls {
+        let n = m.size;
+        println!(
+            "reference matmul ({}): {n}x{n} @ {n}x{n} {}, median {:.1} ms per product over {} bursts of {} -> {:.1} GFLOP/s{}",
+            m.kernel,
+            if m.format == WeightFormat::Bf16 { "bf16 x bf16 -> f32" } else { "f32" },
+            m.median_s * 1e3,
+            m.bursts,
+            m.per_burst,
+            m.gflops(),
+            if std::ptr::eq(m, best) { " (the vs GEMM reference)" } else { "" }
+        );
+    }
     println!();
     if let Some(p) = &res.profile {
         profile_table(p, res.l_max);
@@ -58,7 +64,7 @@ pub fn print(a: &BenchArgs, res: &Results) -> Result<()> {
         lat(res.l_min) / lat(res.l_max),
         hwm(res.l_min) / hwm(res.l_max),
         fwd_gflops,
-        res.matmul.gflops()
+        res.matmul().gflops()
     );
     Ok(())
 }
@@ -66,7 +72,8 @@ pub fn print(a: &BenchArgs, res: &Results) -> Result<()> {
 fn latency_table(a: &BenchArgs, res: &Results) {
     let l_max = res.l_max;
     println!(
-        "forward latency (f32, {} warm-up, median of N runs):",
+        "forward latency ({}, {} warm-up, median of N runs):",
+        res.precision.name(),
         a.warmup
     );
     println!(
@@ -89,7 +96,7 @@ fn latency_table(a: &BenchArgs, res: &Results) {
             r.median_s * 1e3 / r.batch as f64,
             r.flops / 1e9,
             r.flops / r.median_s / 1e9,
-            r.flops / r.median_s / 1e9 / res.matmul.gflops(),
+            r.flops / r.median_s / 1e9 / res.matmul().gflops(),
             base,
             if r.cpu_share.is_finite() {
                 format!("{:.0}%", r.cpu_share * 100.0)
