@@ -1,5 +1,5 @@
-//! The AVX-512 micro-kernels behind [`super::packed`]: one `R x 48` tile of `C = A W` over the whole depth `K` with
-//! the accumulators in registers (`R <= 8` rows, 3 vectors of 16 columns each, so 24 accumulators), then the layer's
+//! The AVX-512 micro-kernels behind [`super::packed`]: one `R x NR` tile of `C = A W` over the whole depth `K` with
+//! the accumulators in registers (`R <= MR` rows of `NV` 16-lane vectors: 8 x 3 = 24 accumulators), then the layer's
 //! epilogue (bias, tanh-GELU or gated residual) applied in registers before the one store.
 //!
 //! Two tiles: f32 (`vfmadd231ps`, one broadcast row element per FMA) and bf16 (`vdpbf16ps`: each f32 lane gains
@@ -15,11 +15,14 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Columns per packed panel (three 16-lane vectors).
-pub const NR: usize = 48;
-/// Rows per tile.
+/// 16-lane vectors per tile row.
+const NV: usize = 3;
+/// Columns per packed panel.
+pub const NR: usize = 16 * NV;
+/// Rows per tile (`MR x NV` accumulators plus `NV` panel vectors and a broadcast fit the 32 registers).
 pub const MR: usize = 8;
-const PF: usize = 48 * 16;
+/// How far ahead (in panel elements: 16 depth rows) the panel is prefetched.
+const PF: usize = NR * 16;
 
 /// Where a tile's result goes and what is applied to it first. Pointers are to the tile's top-left element of
 /// the respective `[M, N]` (row stride `ldc`) or `[samples, ..]` arrays.
@@ -38,18 +41,15 @@ pub enum TileEpilogue {
     },
 }
 
-/// The masks of the three column vectors of a panel with `cols` (1..=48) valid columns.
+/// The masks of the column vectors of a panel with `cols` (1..=NR) valid columns.
 #[inline(always)]
-fn masks(cols: usize) -> [u16; 3] {
-    let m = |v: usize| -> u16 {
+fn masks(cols: usize) -> [u16; NV] {
+    let mut m = [0u16; NV];
+    for (v, mv) in m.iter_mut().enumerate() {
         let n = cols.saturating_sub(16 * v).min(16);
-        if n == 16 {
-            u16::MAX
-        } else {
-            ((1u32 << n) - 1) as u16
-        }
-    };
-    [m(0), m(1), m(2)]
+        *mv = if n == 16 { u16::MAX } else { ((1u32 << n) - 1) as u16 };
+    }
+    m
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -108,7 +108,7 @@ unsafe fn gelu16(x: __m512) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn finish<const R: usize>(
-    acc: &[[__m512; 3]; R],
+    acc: &[[__m512; NV]; R],
     bias: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -116,13 +116,12 @@ unsafe fn finish<const R: usize>(
     epi: TileEpilogue,
 ) {
     let mk = masks(cols);
-    let b = [
-        _mm512_maskz_loadu_ps(mk[0], bias),
-        _mm512_maskz_loadu_ps(mk[1], bias.add(16)),
-        _mm512_maskz_loadu_ps(mk[2], bias.add(32)),
-    ];
+    let mut b = [_mm512_setzero_ps(); NV];
+    for v in 0..NV {
+        b[v] = _mm512_maskz_loadu_ps(mk[v], bias.add(16 * v));
+    }
     for r in 0..R {
-        for v in 0..3 {
+        for v in 0..NV {
             let x = _mm512_add_ps(acc[r][v], b[v]);
             let y = match epi {
                 TileEpilogue::Bias => x,
@@ -162,21 +161,20 @@ pub unsafe fn tile_f32<const R: usize>(
     cols: usize,
     epi: TileEpilogue,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 3]; R];
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let mut ap = a;
     let mut wp = w;
     for _ in 0..k {
-        _mm_prefetch::<_MM_HINT_T0>(wp.add(PF).cast());
-        _mm_prefetch::<_MM_HINT_T0>(wp.add(PF + 16).cast());
-        _mm_prefetch::<_MM_HINT_T0>(wp.add(PF + 32).cast());
-        let w0 = _mm512_loadu_ps(wp);
-        let w1 = _mm512_loadu_ps(wp.add(16));
-        let w2 = _mm512_loadu_ps(wp.add(32));
+        let mut wv = [_mm512_setzero_ps(); NV];
+        for v in 0..NV {
+            _mm_prefetch::<_MM_HINT_T0>(wp.add(PF + 16 * v).cast());
+            wv[v] = _mm512_loadu_ps(wp.add(16 * v));
+        }
         for r in 0..R {
             let x = _mm512_set1_ps(*ap.add(r));
-            acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(x, w2, acc[r][2]);
+            for v in 0..NV {
+                acc[r][v] = _mm512_fmadd_ps(x, wv[v], acc[r][v]);
+            }
         }
         wp = wp.add(NR);
         ap = ap.add(MR);
@@ -202,22 +200,21 @@ pub unsafe fn tile_bf16<const R: usize>(
     cols: usize,
     epi: TileEpilogue,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 3]; R];
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let mut ap = a.cast::<i32>();
     let mut wp = w;
     for _ in 0..pairs {
-        _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF).cast());
-        _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 32).cast());
-        _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 64).cast());
-        let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.cast()));
-        let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(32).cast()));
-        let w2: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(64).cast()));
+        let mut wv: [__m512bh; NV] = std::mem::zeroed();
+        for v in 0..NV {
+            _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 32 * v).cast());
+            wv[v] = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp.add(32 * v).cast()));
+        }
         for r in 0..R {
             let pair = ap.add(r).read_unaligned();
             let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, w1);
-            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], x, w2);
+            for v in 0..NV {
+                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, wv[v]);
+            }
         }
         wp = wp.add(2 * NR);
         ap = ap.add(MR);
