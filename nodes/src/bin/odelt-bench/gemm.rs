@@ -2,6 +2,8 @@
 //! matmul (the `gemm` crate), the packed f32 layers of the fused path, and their bf16 form where the CPU has
 //! AVX512-BF16. The best f32 kernel is the reference the forward's efficiency is stated against.
 
+mod peak;
+
 use std::time::Instant;
 
 use anyhow::Result;
@@ -112,6 +114,13 @@ pub fn run(hidden: usize, tokens: usize, batch: usize, square: usize, runs: usiz
         machine::cpu_model(),
         rayon::current_num_threads(),
         machine::loadavg()
+    );
+    let (f32_peak, bf16_peak) = peak::measure();
+    let fmt = |p: Option<f64>| p.map_or("-".to_string(), |g| format!("{g:.1}"));
+    println!(
+        "arithmetic peak, GFLOP/s (register-only FMA chains on every thread): f32 {}, bf16 {}",
+        fmt(f32_peak),
+        fmt(bf16_peak)
     );
     let (names, rows) = measure(&shapes, runs)?;
     println!("| product | m x k x n | {} |", names.join(" | "));
