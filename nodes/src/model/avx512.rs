@@ -47,7 +47,11 @@ fn masks(cols: usize) -> [u16; NV] {
     let mut m = [0u16; NV];
     for (v, mv) in m.iter_mut().enumerate() {
         let n = cols.saturating_sub(16 * v).min(16);
-        *mv = if n == 16 { u16::MAX } else { ((1u32 << n) - 1) as u16 };
+        *mv = if n == 16 {
+            u16::MAX
+        } else {
+            ((1u32 << n) - 1) as u16
+        };
     }
     m
 }
@@ -207,7 +211,8 @@ pub unsafe fn tile_bf16<const R: usize>(
         let mut wv: [__m512bh; NV] = std::mem::zeroed();
         for v in 0..NV {
             _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 32 * v).cast());
-            wv[v] = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp.add(32 * v).cast()));
+            wv[v] =
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp.add(32 * v).cast()));
         }
         for r in 0..R {
             let pair = ap.add(r).read_unaligned();
@@ -302,6 +307,64 @@ pub unsafe fn rows_x64<const R: usize>(
             acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
             acc[r][2] = _mm512_fmadd_ps(x, w2, acc[r][2]);
             acc[r][3] = _mm512_fmadd_ps(x, w3, acc[r][3]);
+        }
+        wp = wp.add(ldw);
+    }
+    for r in 0..R {
+        for v in 0..4 {
+            _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), mk[v], acc[r][v]);
+        }
+    }
+}
+
+/// [`rows_x64`] in bf16: `a` rows of bf16 (row stride `lda` elements, `2 * pairs` per row, depth pairs side by
+/// side), `w` as `pairs` rows of `u32` (row stride `ldw`), each holding the bf16 pair `w[2p][j], w[2p+1][j]` of
+/// column `j`; f32 accumulation into `c`.
+///
+/// # Safety
+/// AVX512-BF16 present; `a` readable for `R` rows of `2 * pairs`, `w` for `pairs` rows of `cols`, `c` writable
+/// for `R` rows of `cols`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn rows_x64_bf16<const R: usize>(
+    pairs: usize,
+    a: *const u16,
+    lda: usize,
+    w: *const u32,
+    ldw: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let n = |v: usize| cols.saturating_sub(16 * v).min(16);
+    let mk = [0, 1, 2, 3].map(|v| {
+        if n(v) == 16 {
+            u16::MAX
+        } else {
+            ((1u32 << n(v)) - 1) as u16
+        }
+    });
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let mut rows = [a.cast::<i32>(); R];
+    for (r, p) in rows.iter_mut().enumerate() {
+        *p = a.add(r * lda).cast::<i32>();
+    }
+    let mut wp = w;
+    for kk in 0..pairs {
+        let mut wv: [__m512bh; 4] = std::mem::zeroed();
+        for v in 0..4 {
+            wv[v] = std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(
+                mk[v],
+                wp.add(16 * v).cast(),
+            ));
+        }
+        for r in 0..R {
+            let x: __m512bh =
+                std::mem::transmute(_mm512_set1_epi32(rows[r].add(kk).read_unaligned()));
+            for v in 0..4 {
+                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, wv[v]);
+            }
         }
         wp = wp.add(ldw);
     }

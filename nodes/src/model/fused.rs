@@ -215,15 +215,58 @@ impl SharedMut {
 /// written straight into the head's columns of the output. Each task runs single-threaded `gemm` products on
 /// strided views of `qkv`, so nothing is copied, no `[heads, T, T]` tensor is materialised, and at batch 1 the
 /// heads (not the small products) keep all cores busy.
-pub fn attention(qkv: &Tensor, num_heads: usize) -> candle_core::Result<Tensor> {
-    attention_with(qkv, num_heads, CpuKernels::detect())
+pub fn attention(qkv: &Tensor, num_heads: usize, bf16: bool) -> candle_core::Result<Tensor> {
+    let kernels = CpuKernels::detect();
+    let products = match kernels {
+        CpuKernels::Avx512 { bf16: true } if bf16 => Products::Avx512Bf16,
+        CpuKernels::Avx512 { .. } => Products::Avx512,
+        CpuKernels::Portable => Products::Gemm,
+    };
+    attention_with(qkv, num_heads, products)
 }
 
-/// [`attention`] with the given kernels (AVX-512 tiles, or the `gemm` crate on the portable path).
+/// How the two attention products are computed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Products {
+    /// The `gemm` crate (portable).
+    Gemm,
+    /// AVX-512 f32 tiles.
+    Avx512,
+    /// AVX512-BF16 tiles: q, k, the softmax numerators and v rounded to bf16, f32 accumulation (the bf16 model).
+    Avx512Bf16,
+}
+
+/// Per-task buffers of [`attention_with`].
+struct Scratch {
+    /// Scores `[t, t]`, then the softmax numerators.
+    s: Vec<f32>,
+    /// `kᵀ` `[hd, t]` (f32 tiles).
+    kt: Vec<f32>,
+    /// 1 / row sum of the numerators.
+    inv: Vec<f32>,
+    /// The bf16 operands (bf16 tiles).
+    bf: Bf16Operands,
+}
+
+#[derive(Default)]
+struct Bf16Operands {
+    /// q rows `[t, 2 ceil(hd/2)]`.
+    q: Vec<u16>,
+    /// `kᵀ` as pairs: `[ceil(hd/2), t]`.
+    kt: Vec<u32>,
+    /// Numerator rows `[t, 2 ceil(t/2)]`.
+    p: Vec<u16>,
+    /// v as row pairs: `[ceil(t/2), hd]`.
+    v: Vec<u32>,
+    /// Two converted rows.
+    rows: Vec<u16>,
+}
+
+/// [`attention`] with the given products.
 fn attention_with(
     qkv: &Tensor,
     num_heads: usize,
-    kernels: CpuKernels,
+    products: Products,
 ) -> candle_core::Result<Tensor> {
     let what = "odelt-attention";
     let (b, t, three_h) = qkv.dims3()?;
@@ -236,42 +279,73 @@ fn attention_with(
     let src = contiguous(f32_guard(&guard, what)?, layout, what)?;
     let mut out = vec![0f32; b * t * h];
     let dst = SharedMut(out.as_mut_ptr());
-    let avx512 = matches!(kernels, CpuKernels::Avx512 { .. });
     (0..b * num_heads).into_par_iter().for_each_init(
         || {
-            let kt = vec![0f32; if avx512 { hd * t } else { 0 }];
-            (vec![0f32; t * t], kt, vec![0f32; t])
+            let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
+            let bf = if products == Products::Avx512Bf16 {
+                Bf16Operands {
+                    q: vec![0; t * 2 * hp],
+                    kt: vec![0; hp * t],
+                    p: vec![0; t * 2 * tp],
+                    v: vec![0; tp * hd],
+                    rows: vec![0; 2 * hd],
+                }
+            } else {
+                Bf16Operands::default()
+            };
+            let kt = vec![
+                0f32;
+                if products == Products::Avx512 {
+                    hd * t
+                } else {
+                    0
+                }
+            ];
+            Scratch {
+                s: vec![0f32; t * t],
+                kt,
+                inv: vec![0f32; t],
+                bf,
+            }
         },
-        |(s, kt, inv), task| {
+        |sc, task| {
             let (bi, head) = (task / num_heads, task % num_heads);
             let base = bi * t * three_h + head * hd;
             let (q, k, v) = (&src[base..], &src[base + h..], &src[base + 2 * h..]);
             let rs = three_h;
-            // SAFETY (both products): every index touched lies inside `src` / `s` / `kt` / `out` (rows `< t` of
+            // SAFETY (both products): every index touched lies inside `src` / the scratch / `out` (rows `< t` of
             // stride `3H` from `base + 2H + hd <= bi*T*3H + 3H`, columns `< hd`), and tasks write disjoint column
             // blocks `[head*hd, (head+1)*hd)` of sample `bi`'s rows of `out`.
             let y = unsafe { dst.ptr().add(bi * t * h + head * hd) };
-            if avx512 {
+            match products {
+                Products::Gemm => unsafe { gemm_scores(q, k, rs, t, hd, &mut sc.s) },
                 #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx512_scores(q, k, rs, t, hd, s, kt)
-                };
-            } else {
-                unsafe { gemm_scores(q, k, rs, t, hd, s) };
+                Products::Avx512 => unsafe {
+                    avx512_scores(q, k, rs, t, hd, &mut sc.s, &mut sc.kt)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Products::Avx512Bf16 => unsafe {
+                    bf16_scores(q, k, rs, t, hd, &mut sc.s, &mut sc.bf)
+                },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("AVX-512 products are only chosen on x86_64"),
             }
             // Softmax numerators in place; the normalisation scales the (narrower) output rows instead.
-            for (row, inv) in s.chunks_exact_mut(t).zip(inv.iter_mut()) {
+            for (row, inv) in sc.s.chunks_exact_mut(t).zip(sc.inv.iter_mut()) {
                 *inv = exp_shifted_(row).recip();
             }
-            if avx512 {
+            match products {
+                Products::Gemm => unsafe { gemm_weighted(&sc.s, v, rs, t, hd, y, h) },
                 #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx512_weighted(s, v, rs, t, hd, y, h)
-                };
-            } else {
-                unsafe { gemm_weighted(s, v, rs, t, hd, y, h) };
+                Products::Avx512 => unsafe { avx512_weighted(&sc.s, v, rs, t, hd, y, h) },
+                #[cfg(target_arch = "x86_64")]
+                Products::Avx512Bf16 => unsafe {
+                    bf16_weighted(&sc.s, v, rs, t, hd, y, h, &mut sc.bf)
+                },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("AVX-512 products are only chosen on x86_64"),
             }
-            for (i, &f) in inv.iter().enumerate() {
+            for (i, &f) in sc.inv.iter().enumerate() {
                 // SAFETY: row i's `hd` columns of this head (see above).
                 let row = unsafe { std::slice::from_raw_parts_mut(y.add(i * h), hd) };
                 row.iter_mut().for_each(|x| *x *= f);
@@ -426,6 +500,126 @@ unsafe fn avx512_weighted(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows_x64_bf16 {
+    ($rows:expr, $($arg:expr),*) => {
+        match $rows {
+            6 => avx512::rows_x64_bf16::<6>($($arg),*),
+            5 => avx512::rows_x64_bf16::<5>($($arg),*),
+            4 => avx512::rows_x64_bf16::<4>($($arg),*),
+            3 => avx512::rows_x64_bf16::<3>($($arg),*),
+            2 => avx512::rows_x64_bf16::<2>($($arg),*),
+            _ => avx512::rows_x64_bf16::<1>($($arg),*),
+        }
+    };
+}
+
+/// Two bf16 values as the `u32` lane `vdpbf16ps` multiplies: `lo` in the low half.
+#[inline]
+fn pair(lo: u16, hi: u16) -> u32 {
+    u32::from(lo) | (u32::from(hi) << 16)
+}
+
+/// `S = q kᵀ` with the bf16 tiles: q rows and `kᵀ` pairs rounded to bf16 (odd pads stay 0 from the allocation).
+#[cfg(target_arch = "x86_64")]
+unsafe fn bf16_scores(
+    q: &[f32],
+    k: &[f32],
+    rs: usize,
+    t: usize,
+    hd: usize,
+    s: &mut [f32],
+    bf: &mut Bf16Operands,
+) {
+    let hp = hd.div_ceil(2);
+    for i in 0..t {
+        avx512::to_bf16(
+            q.as_ptr().add(i * rs),
+            bf.q.as_mut_ptr().add(i * 2 * hp),
+            hd,
+        );
+    }
+    for j in 0..t {
+        avx512::to_bf16(k.as_ptr().add(j * rs), bf.rows.as_mut_ptr(), hd);
+        for p in 0..hp {
+            let hi = if 2 * p + 1 < hd {
+                bf.rows[2 * p + 1]
+            } else {
+                0
+            };
+            bf.kt[p * t + j] = pair(bf.rows[2 * p], hi);
+        }
+    }
+    for j0 in (0..t).step_by(avx512::NB) {
+        let cols = (t - j0).min(avx512::NB);
+        for r0 in (0..t).step_by(avx512::RB) {
+            let rows = (t - r0).min(avx512::RB);
+            rows_x64_bf16!(
+                rows,
+                hp,
+                bf.q.as_ptr().add(r0 * 2 * hp),
+                2 * hp,
+                bf.kt.as_ptr().add(j0),
+                t,
+                s.as_mut_ptr().add(r0 * t + j0),
+                t,
+                cols
+            );
+        }
+    }
+}
+
+/// `Y = S v` with the bf16 tiles: the numerators and v's row pairs rounded to bf16.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_weighted(
+    s: &[f32],
+    v: &[f32],
+    rs: usize,
+    t: usize,
+    hd: usize,
+    y: *mut f32,
+    h: usize,
+    bf: &mut Bf16Operands,
+) {
+    let tp = t.div_ceil(2);
+    for i in 0..t {
+        avx512::to_bf16(s.as_ptr().add(i * t), bf.p.as_mut_ptr().add(i * 2 * tp), t);
+    }
+    for p in 0..tp {
+        avx512::to_bf16(v.as_ptr().add(2 * p * rs), bf.rows.as_mut_ptr(), hd);
+        if 2 * p + 1 < t {
+            avx512::to_bf16(
+                v.as_ptr().add((2 * p + 1) * rs),
+                bf.rows.as_mut_ptr().add(hd),
+                hd,
+            );
+        } else {
+            bf.rows[hd..].fill(0);
+        }
+        for c in 0..hd {
+            bf.v[p * hd + c] = pair(bf.rows[c], bf.rows[hd + c]);
+        }
+    }
+    for c0 in (0..hd).step_by(avx512::NB) {
+        let cols = (hd - c0).min(avx512::NB);
+        for r0 in (0..t).step_by(avx512::RB) {
+            let rows = (t - r0).min(avx512::RB);
+            rows_x64_bf16!(
+                rows,
+                tp,
+                bf.p.as_ptr().add(r0 * 2 * tp),
+                2 * tp,
+                bf.v.as_ptr().add(c0),
+                hd,
+                y.add(r0 * h + c0),
+                h,
+                cols
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,25 +715,38 @@ mod tests {
                     .contiguous()
                     .unwrap()
             };
+            let reference = |q: &Tensor, k: &Tensor, v: &Tensor| {
+                let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
+                w.matmul(v)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((b, t, h))
+                    .unwrap()
+            };
             let (q, k, v) = (part(0), part(1), part(2));
-            let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
-            let want = w
-                .matmul(&v)
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .reshape((b, t, h))
-                .unwrap();
-            let mut kernels = vec![CpuKernels::Portable];
-            if CpuKernels::detect() != CpuKernels::Portable {
-                kernels.push(CpuKernels::detect());
+            let want = reference(&q, &k, &v);
+            // The bf16 products see q, k, v rounded to bf16 (and the numerators: the rest of the error).
+            let round = |x: &Tensor| x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+            let want_bf16 = reference(&round(&q), &round(&k), &round(&v));
+            let mut products = vec![(Products::Gemm, 1e-5)];
+            if let CpuKernels::Avx512 { bf16 } = CpuKernels::detect() {
+                products.push((Products::Avx512, 1e-5));
+                if bf16 {
+                    // Against the rounded operands, only the numerators' rounding (2^-9 relative) is left.
+                    products.push((Products::Avx512Bf16, 5e-3));
+                }
             }
-            for k in kernels {
-                let got = attention_with(&qkv, nh, k).unwrap();
+            for (p, tol) in products {
+                let got = attention_with(&qkv, nh, p).unwrap();
                 assert_eq!(got.dims(), &[b, t, h]);
-                assert!(max_abs_diff(&got, &want) < 1e-5, "{k:?} t {t} hd {hd}");
+                let err = max_abs_diff(&got, if p == Products::Avx512Bf16 { &want_bf16 } else { &want });
+                assert!(err < tol, "{p:?} t {t} hd {hd}: {err}");
+                if p == Products::Avx512Bf16 {
+                    assert!(err > 0.0, "bf16 rounding must show");
+                }
             }
-            assert!(attention(&qkv, 5).is_err());
+            assert!(attention(&qkv, 5, false).is_err());
         }
     }
 

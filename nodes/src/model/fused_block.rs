@@ -147,7 +147,7 @@ impl FusedBlock {
             })
         })?;
         laps.lap("LayerNorm + modulate, matmul qkv [BT,H]x[H,3H] + bias");
-        let y = fused::attention(&qkv, self.num_heads)?;
+        let y = fused::attention(&qkv, self.num_heads, self.format() == WeightFormat::Bf16)?;
         laps.lap("attention q.k^T, softmax, w.v (fused per head)");
         let x1 = read(x, what, |xs| {
             read(&m, what, |ms| {
