@@ -22,6 +22,7 @@ mod machine;
 mod measure;
 mod model;
 mod report;
+mod sampling;
 
 use std::path::PathBuf;
 
@@ -78,6 +79,8 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Per-step overhead of the sampler node's sampling loop against bare forwards, at each step count.
+    Sampling(sampling::SamplingArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,6 +173,7 @@ fn main() -> Result<()> {
             square,
             runs,
         }) => gemm::run(hidden, tokens, batch, square, runs),
+        Some(Cmd::Sampling(a)) => sampling::run(&a),
         None => {
             let results = measure::run(&cli.bench)?;
             report::print(&cli.bench, &results)
