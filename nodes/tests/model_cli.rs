@@ -229,6 +229,93 @@ fn train_resume_export_grid_eval() {
     let csv = std::fs::read_to_string(file("csv")).unwrap();
     // one row per (T, l): T in {1, 2}, l in {2, 4}
     assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    assert!(
+        csv.lines().skip(1).all(|l| l.ends_with(",fp32,fused-f32")),
+        "{csv}"
+    );
+
+    // --precision bf16: every output names the precision and the kernels that ran (the fused bf16 ones on a CPU
+    // with AVX512-BF16, candle's reference bf16 ops elsewhere or with ODELT_CPU_KERNELS=portable).
+    let has_bf16 = odelt_nodes::model::packed::CpuKernels::detect().has_bf16();
+    for (portable, tag) in [
+        (
+            false,
+            if has_bf16 {
+                "fused-bf16"
+            } else {
+                "reference-bf16"
+            },
+        ),
+        (true, "reference-bf16"),
+    ] {
+        let prefix = dir.join(format!("eval-bf16-{portable}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_odelt-model"));
+        cmd.args([
+            "eval",
+            "--synthetic",
+            "64",
+            "--model",
+            s(&export),
+            "--out",
+            s(&prefix),
+            "--steps",
+            "1",
+            "--lengths",
+            "4",
+            "--n",
+            "20",
+            "--batch",
+            "10",
+            "--precision",
+            "bf16",
+            "--classifier",
+            CLASSIFIER,
+        ])
+        .env("RAYON_NUM_THREADS", "1");
+        if portable {
+            cmd.env("ODELT_CPU_KERNELS", "portable");
+        }
+        let text = ok(&cmd.output().expect("run odelt-model"), "eval bf16");
+        assert!(text.contains("precision bf16: "), "{text}");
+        let read = |ext: &str| std::fs::read_to_string(prefix.with_extension(ext)).unwrap();
+        let csv = read("csv");
+        assert!(
+            csv.lines().next().unwrap().ends_with(",precision,cpu_path"),
+            "{csv}"
+        );
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(&format!(",bf16,{tag}")),
+            "{csv}"
+        );
+        assert!(read("md").contains("Precision bf16: "), "{}", read("md"));
+        let json: serde_json::Value = serde_json::from_str(&read("json")).unwrap();
+        assert_eq!(json["precision"], "bf16");
+        assert_eq!(json["cpu_path"], tag);
+        let fd = csv.lines().nth(1).unwrap().split(',').nth(3).unwrap();
+        assert!(fd.parse::<f64>().unwrap().is_finite(), "{csv}");
+    }
+    // `report` refuses to merge tables of two precisions.
+    let out = odelt_model(&[
+        "report",
+        "--inputs",
+        &format!(
+            "{},{}",
+            s(&file("json")),
+            s(&dir.join("eval-bf16-true.json"))
+        ),
+        "--out",
+        s(&dir.join("mixed")),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another precision"), "{err}");
+    let out = odelt_model(&["eval", "--precision", "fp8", "--synthetic", "16"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fp8"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

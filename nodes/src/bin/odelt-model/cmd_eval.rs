@@ -1,5 +1,6 @@
 //! `odelt-model eval`: FD / class accuracy / latency for every (T, l), with a real-vs-real calibration row; writes
-//! a markdown table, a CSV and a PNG plot of FD against latency (one curve per l).
+//! a markdown table, a CSV and a PNG plot of FD against latency (one curve per l). `--precision bf16` loads the
+//! blocks in bf16; every output states the precision and which kernels ran ([`compute_path`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,9 +12,12 @@ use odelt_nodes::data::fashion_mnist::Split;
 use odelt_nodes::eval::classifier::{Classifier, FEATURE_DIM};
 use odelt_nodes::eval::frechet::{frechet_distance, Gaussian};
 use odelt_nodes::eval::sweep::{self, Calibration, SweepOptions};
+use odelt_nodes::model::packed::{CpuKernels, WeightFormat};
+use odelt_nodes::pipeline::Precision;
+use odelt_nodes::Dit;
 
 use crate::common::{prefixed, DataArgs};
-use crate::model_io::{fixed_dt_base, load_model};
+use crate::model_io::{fixed_dt_base, load_model_as};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -45,6 +49,11 @@ pub struct Args {
     guidance: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Precision of the model's blocks: fp32, bf16 or fp16. bf16 on a CPU with AVX512-BF16 runs the fused kernels
+    /// (bf16 weights and inputs, f32 accumulation), elsewhere candle's reference ops in that dtype; the outputs
+    /// say which ran.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Plot title.
     #[arg(long, default_value = "Fashion-MNIST: FD vs latency")]
     title: String,
@@ -52,7 +61,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let device = Device::Cpu;
-    let (model, opts) = load_model(&a.model, &device)?;
+    let (model, opts) = load_model_as(&a.model, &device, a.precision.dtype())?;
+    let path = compute_path(&model);
+    let path_tag = compute_tag(&model, a.precision);
+    eprintln!("precision {}: {path}", a.precision.name());
     let c = Classifier::load(&a.classifier, &device)
         .with_context(|| format!("loading classifier {}", a.classifier.display()))?;
     let test = a.data.load(Split::Test)?;
@@ -150,10 +162,13 @@ pub fn run(a: Args) -> Result<()> {
             rows.push(r);
         }
     }
-    let title = format!("{} (w = {})", a.title, a.guidance);
+    let title = match a.precision {
+        Precision::Fp32 => format!("{} (w = {})", a.title, a.guidance),
+        p => format!("{} (w = {}, {})", a.title, a.guidance, p.name()),
+    };
     let md = format!(
         "Model `{}`, classifier `{}`, N = {} samples per setting (class-balanced), guidance w = {}, Euler, \
-         seed {}{}.\nLatency = CPU time (user+system, /proc) of sampling per image at batch {} (the CSV has both: `latency_ms_per_image` is wall-clock, `cpu_ms_per_image` CPU time); \
+         seed {}{}.\nPrecision {}: {}.\nLatency = CPU time (user+system, /proc) of sampling per image at batch {} (the CSV has both: `latency_ms_per_image` is wall-clock, `cpu_ms_per_image` CPU time); \
          the 2 cores are shared with other jobs, so CPU time is the steadier measure.\n\n{}",
         a.model.display(),
         a.classifier.display(),
@@ -163,17 +178,23 @@ pub fn run(a: Args) -> Result<()> {
         so.fixed_dt_base
             .map(|d| format!(", dt_base fixed at {d} (model trained without time consistency)"))
             .unwrap_or_default(),
+        a.precision.name(),
+        path,
         a.batch,
         sweep::to_markdown(&rows, &cals)
     );
     std::fs::write(prefixed(&a.out, "md"), md)?;
-    std::fs::write(prefixed(&a.out, "csv"), sweep::to_csv(&rows))?;
+    std::fs::write(
+        prefixed(&a.out, "csv"),
+        with_precision_columns(&sweep::to_csv(&rows), a.precision, &path_tag),
+    )?;
     std::fs::write(
         prefixed(&a.out, "json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "model": a.model, "rows": rows, "calibration": cals, "n": a.n, "guidance": a.guidance,
             "seed": a.seed, "batch": a.batch, "seconds": start.elapsed().as_secs_f64(),
             "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+            "precision": a.precision.name(), "cpu_path": path_tag, "compute": path,
         }))?,
     )?;
     sweep::plot(&rows, &title, Some(cal.fd_train_vs_test)).save(&a.out, 900, 560)?;
@@ -183,4 +204,60 @@ pub fn run(a: Args) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Which kernels run the model's blocks, in words (the tables' "what was measured").
+pub fn compute_path(model: &Dit) -> String {
+    match model.cpu_weights() {
+        Some(WeightFormat::F32) => format!(
+            "fused CPU kernels, f32 weights ({})",
+            CpuKernels::detect().name()
+        ),
+        Some(WeightFormat::Bf16) => format!(
+            "fused CPU kernels, bf16 weights, every product's inputs rounded to bf16 with f32 accumulation, \
+             f32 activations between the products ({})",
+            CpuKernels::detect().name()
+        ),
+        None => format!(
+            "candle reference ops in {:?} (no fused CPU kernels for this precision here)",
+            model.precision()
+        ),
+    }
+}
+
+/// The short form of [`compute_path`] for the CSV and JSON: `fused-f32`, `fused-bf16` or `reference-<precision>`.
+pub fn compute_tag(model: &Dit, precision: Precision) -> String {
+    match model.cpu_weights() {
+        Some(WeightFormat::F32) => "fused-f32".into(),
+        Some(WeightFormat::Bf16) => "fused-bf16".into(),
+        None => format!("reference-{}", precision.name()),
+    }
+}
+
+/// [`sweep::to_csv`]'s table with two more columns, `precision` and `cpu_path`, on every row.
+fn with_precision_columns(csv: &str, precision: Precision, path_tag: &str) -> String {
+    csv.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if i == 0 {
+                format!("{line},precision,cpu_path\n")
+            } else {
+                format!("{line},{},{path_tag}\n", precision.name())
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_gains_precision_columns() {
+        let csv = "length,steps\n6,1\n4,1\n";
+        assert_eq!(
+            with_precision_columns(csv, Precision::Bf16, "fused-bf16"),
+            "length,steps,precision,cpu_path\n6,1,bf16,fused-bf16\n4,1,bf16,fused-bf16\n"
+        );
+    }
 }

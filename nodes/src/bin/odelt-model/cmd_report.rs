@@ -28,12 +28,19 @@ struct EvalJson {
     rows: Vec<SweepRow>,
     calibration: Vec<Calibration>,
     guidance: f64,
+    /// `fp32`, `bf16`, ... (absent in files written before `eval --precision`: fp32).
+    #[serde(default)]
+    precision: Option<String>,
+    /// The kernels that ran, in words (absent in older files).
+    #[serde(default)]
+    compute: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let mut rows: Vec<SweepRow> = Vec::new();
     let mut cals: Vec<Calibration> = Vec::new();
     let mut guidance = None;
+    let mut precision: Option<(String, Option<String>)> = None;
     for p in &a.inputs {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -43,6 +50,11 @@ pub fn run(a: Args) -> Result<()> {
             bail!("{} was sampled with another guidance scale", p.display());
         }
         guidance = Some(e.guidance);
+        let prec = e.precision.unwrap_or_else(|| "fp32".into());
+        if precision.as_ref().is_some_and(|(q, _)| *q != prec) {
+            bail!("{} was sampled in another precision ({prec})", p.display());
+        }
+        precision.get_or_insert((prec, e.compute));
         for r in e.rows {
             if !rows
                 .iter()
@@ -64,8 +76,13 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(d) = a.out.parent() {
         std::fs::create_dir_all(d)?;
     }
+    let prec_line = match &precision {
+        Some((p, Some(c))) => format!("Precision {p}: {c}.\n"),
+        Some((p, None)) if p != "fp32" => format!("Precision {p}.\n"),
+        _ => String::new(),
+    };
     let md = format!(
-        "{}{}Latency = CPU time (user+system) of sampling per image; the CSV has both (`latency_ms_per_image` is wall-clock, `cpu_ms_per_image` CPU time).\n\n{}",
+        "{}{}{prec_line}Latency = CPU time (user+system) of sampling per image; the CSV has both (`latency_ms_per_image` is wall-clock, `cpu_ms_per_image` CPU time).\n\n{}",
         a.header,
         if a.header.is_empty() { "" } else { "\n\n" },
         sweep::to_markdown(&rows, &cals)

@@ -8,11 +8,21 @@ use odelt_nodes::checkpoint::{self, LoadOptions, SafetensorsCheckpoint};
 use odelt_nodes::train::TrainOptions;
 use odelt_nodes::Dit;
 
-/// The model at its full depth, and the training options stored with it (if any).
+/// The model at its full depth in f32, and the training options stored with it (if any).
 pub fn load_model(path: &Path, device: &Device) -> Result<(Dit, Option<TrainOptions>)> {
+    load_model_as(path, device, DType::F32)
+}
+
+/// [`load_model`] in another precision (`Dit::load`'s dtype: on an AVX512-BF16 CPU, bf16 packs the blocks' weights
+/// for the fused kernels; elsewhere it runs candle's reference ops in that dtype).
+pub fn load_model_as(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Dit, Option<TrainOptions>)> {
     let ck = checkpoint::open(path, &LoadOptions::default())
         .with_context(|| format!("opening model {}", path.display()))?;
-    let model = Dit::load(&ck.config, &*ck.source, device, DType::F32, None)
+    let model = Dit::load(&ck.config, &*ck.source, device, dtype, None)
         .with_context(|| format!("building the model from {}", path.display()))?;
     let opts = SafetensorsCheckpoint::open(path)
         .ok()
