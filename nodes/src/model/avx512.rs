@@ -21,8 +21,9 @@ const NV: usize = 3;
 pub const NR: usize = 16 * NV;
 /// Rows per tile (`MR x NV` accumulators plus `NV` panel vectors and a broadcast fit the 32 registers).
 pub const MR: usize = 8;
-/// How far ahead (in panel elements: 16 depth rows) the panel is prefetched.
-const PF: usize = NR * 16;
+/// How far ahead (in panel elements: 48 depth rows, 9 KB of f32) the panel is prefetched: 16 rows left the
+/// memory-bound adaLN products 10-15 % slower (`odelt-bench gemm`, weights cycled past the L3).
+const PF: usize = NR * 48;
 
 /// Where a tile's result goes and what is applied to it first. Pointers are to the tile's top-left element of
 /// the respective `[M, N]` (row stride `ldc`) or `[samples, ..]` arrays.

@@ -1,6 +1,6 @@
 //! `odelt-bench gemm`: the products of one DiT block at a batch, timed on every CPU kernel this build has: candle's
 //! matmul (the `gemm` crate), the packed f32 layers of the fused path, and their bf16 form where the CPU has
-//! AVX512-BF16. The best f32 kernel is the reference the forward's efficiency is stated against.
+//! AVX512-BF16, each reading its weights from memory as in a forward (distinct copies cycled past the L3).
 
 mod peak;
 
@@ -41,6 +41,9 @@ pub fn block_shapes(hidden: usize, tokens: usize, batch: usize, square: usize) -
     ]
 }
 
+/// Weight bytes cycled per product: twice the development machine's 32 MB L3.
+const COLD_BYTES: usize = 64 << 20;
+
 fn rand(n: usize, seed: u64) -> Vec<f32> {
     let mut r = XorShift::new(seed);
     (0..n).map(|_| r.next_f32() - 0.5).collect()
@@ -79,24 +82,37 @@ pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<&'static str>, Vec<
     let mut rows = Vec::new();
     for s in shapes {
         let a = rand(s.m * s.k, 1);
-        let w = rand(s.k * s.n, 2);
         let bias = rand(s.n, 3);
         let flop = 2.0 * (s.m * s.k * s.n) as f64;
+        // Distinct weights, cycled, until they exceed the last-level cache twice over: each product reads its
+        // weights from memory, as a forward's layers do (the same weights again would come from L3).
+        let copies = (COLD_BYTES / (4 * s.k * s.n).max(1)).clamp(1, 64);
+        let ws: Vec<Vec<f32>> = (0..copies).map(|c| rand(s.k * s.n, 2 + c as u64)).collect();
         let mut row = Vec::new();
         let at = Tensor::from_slice(&a, (s.m, s.k), &Device::Cpu)?;
-        let wt = Tensor::from_slice(&w, (s.k, s.n), &Device::Cpu)?;
+        let wts = ws
+            .iter()
+            .map(|w| Tensor::from_slice(w, (s.k, s.n), &Device::Cpu))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut i = 0;
         row.push(
             flop / time(runs, || {
-                at.matmul(&wt)?;
+                i = (i + 1) % copies;
+                at.matmul(&wts[i])?;
                 Ok(())
             })? / 1e9,
         );
+        drop(wts);
         // The portable packed layer is the same `gemm` call plus the bias pass: skip it, the candle row stands for it.
         for &(kernels, format) in &packed[1..] {
-            let layer = PackedLinear::pack(&w, &bias, s.k, s.n, format, kernels)?;
+            let layers = ws
+                .iter()
+                .map(|w| PackedLinear::pack(w, &bias, s.k, s.n, format, kernels))
+                .collect::<odelt_nodes::Result<Vec<_>>>()?;
             row.push(
                 flop / time(runs, || {
-                    layer.forward(&a, s.m, Epilogue::Bias)?;
+                    i = (i + 1) % copies;
+                    layers[i].forward(&a, s.m, Epilogue::Bias)?;
                     Ok(())
                 })? / 1e9,
             );
