@@ -302,6 +302,25 @@ impl Dit {
     /// `x`: NHWC `[B, S, S, C]`; `dt_base`: `[B]` step code log2(T) (as float); `y`: `[B]` class ids
     /// (`num_classes` = null). Returns NHWC velocity, same shape as `x`, in f32.
     pub fn forward(&self, t: &Tensor, x: &Tensor, dt_base: &Tensor, y: &Tensor) -> Result<Tensor> {
+        if self.cpu_weights().is_some()
+            && rayon::current_thread_index().is_none()
+            && !profile::enabled()
+        {
+            // The fused CPU kernels split every product across the rayon pool: run the forward on a pool thread,
+            // so that it takes a share of each split itself instead of waking the pool for every one. (Not while
+            // profiling: the stage times are per thread.)
+            return rayon::scope(|_| self.forward_on_pool(t, x, dt_base, y));
+        }
+        self.forward_on_pool(t, x, dt_base, y)
+    }
+
+    fn forward_on_pool(
+        &self,
+        t: &Tensor,
+        x: &Tensor,
+        dt_base: &Tensor,
+        y: &Tensor,
+    ) -> Result<Tensor> {
         let (tok, c) = timed("embed: patch + positions + t/dt/label", || {
             self.embed(t, x, dt_base, y)
         })?;

@@ -28,6 +28,11 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// Whether stage timing is on.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// This thread's accumulated stage times, in first-seen order; resets them.
 pub fn take() -> Vec<StageTime> {
     TIMES.with(|t| std::mem::take(&mut *t.borrow_mut()))
