@@ -34,7 +34,7 @@ pub fn run(a: &ChildArgs) -> Result<()> {
     // Read while the model is still alive, so RssAnon/RssFile show what it holds.
     let st = if a.length > 0 {
         let t0 = Instant::now();
-        let (cfg, dit) = model::open_model(&a.ckpt, &device, Some(a.length))?;
+        let (cfg, dit) = model::open_model(&a.ckpt, &device, Some(a.length), a.precision.dtype())?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let inp = model::inputs(&cfg, a.batch, &device)?;
         let t1 = Instant::now();
@@ -69,6 +69,7 @@ pub fn spawn(
     length: usize,
     device: &str,
     batch: usize,
+    precision: odelt_nodes::pipeline::Precision,
 ) -> Result<BTreeMap<String, String>> {
     let exe = std::env::current_exe().context("locating the odelt-bench executable")?;
     let out = Command::new(&exe)
@@ -81,6 +82,8 @@ pub fn spawn(
             device,
             "--batch",
             &batch.to_string(),
+            "--precision",
+            precision.name(),
         ])
         .output()
         .with_context(|| format!("spawning {}", exe.display()))?;

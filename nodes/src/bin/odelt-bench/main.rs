@@ -133,8 +133,8 @@ struct BenchArgs {
     /// Also time each stage of one forward at the longest length and the largest batch (per-op breakdown; CPU).
     #[arg(long)]
     profile: bool,
-    /// Precision of the forward: fp32, bf16 (on a CPU with AVX512-BF16: bf16 weights and products, f32
-    /// accumulation, with a bf16 reference matmul) or fp16. The memory children always load fp32.
+    /// Precision of the forward and the memory children: fp32, bf16 (on a CPU with AVX512-BF16: bf16 weights and
+    /// products, f32 accumulation, with a bf16 reference matmul) or fp16.
     #[arg(long, default_value = "fp32")]
     precision: odelt_nodes::pipeline::Precision,
 }
@@ -150,6 +150,8 @@ struct ChildArgs {
     device: String,
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    #[arg(long, default_value = "fp32")]
+    precision: odelt_nodes::pipeline::Precision,
 }
 
 fn main() -> Result<()> {

@@ -133,7 +133,10 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
     let mut mem = BTreeMap::new();
     if !a.no_memory {
         for &l in std::iter::once(&0).chain(lengths.iter()) {
-            mem.insert(l, child::spawn(&ckpt, l, &a.device, a.mem_batch)?);
+            mem.insert(
+                l,
+                child::spawn(&ckpt, l, &a.device, a.mem_batch, a.precision)?,
+            );
         }
     }
 
@@ -232,7 +235,7 @@ fn latency(
 ) -> Result<Vec<LatencyRow>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let l_max = lengths.iter().copied().max().unwrap_or(0);
-    let (_, dit) = model::open_model_in(ckpt, device, Some(l_max), a.precision.dtype())?;
+    let (_, dit) = model::open_model(ckpt, device, Some(l_max), a.precision.dtype())?;
     if a.precision != Precision::Fp32 {
         println!(
             "precision {}: {}",
@@ -306,7 +309,7 @@ fn profile_forward(
     batch: usize,
     warmup: usize,
 ) -> Result<Profile> {
-    let (_, dit) = model::open_model_in(ckpt, device, Some(l), a.precision.dtype())?;
+    let (_, dit) = model::open_model(ckpt, device, Some(l), a.precision.dtype())?;
     let inp = model::inputs(cfg, batch, device)?;
     for _ in 0..warmup.max(1) {
         model::forward(&dit, &inp)?;

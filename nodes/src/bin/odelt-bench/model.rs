@@ -57,12 +57,9 @@ impl Drop for TempFile {
     }
 }
 
-pub fn open_model(path: &Path, device: &Device, length: Option<usize>) -> Result<(DitConfig, Dit)> {
-    open_model_in(path, device, length, DType::F32)
-}
-
-/// [`open_model`] in another precision (bf16 on a CPU with AVX512-BF16: the fused path's bf16 weights).
-pub fn open_model_in(
+/// Opens a checkpoint and loads the model in `dtype` (bf16 on a CPU with AVX512-BF16: the fused path's bf16
+/// weights).
+pub fn open_model(
     path: &Path,
     device: &Device,
     length: Option<usize>,
