@@ -716,7 +716,8 @@ mod tests {
                     .unwrap()
             };
             let reference = |q: &Tensor, k: &Tensor, v: &Tensor| {
-                let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
+                let w =
+                    candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
                 w.matmul(v)
                     .unwrap()
                     .transpose(1, 2)
@@ -727,7 +728,12 @@ mod tests {
             let (q, k, v) = (part(0), part(1), part(2));
             let want = reference(&q, &k, &v);
             // The bf16 products see q, k, v rounded to bf16 (and the numerators: the rest of the error).
-            let round = |x: &Tensor| x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+            let round = |x: &Tensor| {
+                x.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            };
             let want_bf16 = reference(&round(&q), &round(&k), &round(&v));
             let mut products = vec![(Products::Gemm, 1e-5)];
             if let CpuKernels::Avx512 { bf16 } = CpuKernels::detect() {
@@ -740,7 +746,14 @@ mod tests {
             for (p, tol) in products {
                 let got = attention_with(&qkv, nh, p).unwrap();
                 assert_eq!(got.dims(), &[b, t, h]);
-                let err = max_abs_diff(&got, if p == Products::Avx512Bf16 { &want_bf16 } else { &want });
+                let err = max_abs_diff(
+                    &got,
+                    if p == Products::Avx512Bf16 {
+                        &want_bf16
+                    } else {
+                        &want
+                    },
+                );
                 assert!(err < tol, "{p:?} t {t} hd {hd}: {err}");
                 if p == Products::Avx512Bf16 {
                     assert!(err > 0.0, "bf16 rounding must show");
