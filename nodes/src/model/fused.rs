@@ -432,6 +432,18 @@ macro_rules! rows_x64 {
     };
 }
 
+/// Calls `f(r0, rows, c0, cols)` for the `RB x NB` tiles of a `[t, width]` attention product, column blocks
+/// outermost (each block of `kᵀ` or `v` stays in L1 while the rows pass).
+#[cfg(target_arch = "x86_64")]
+fn tiles_6x64(t: usize, width: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    for c0 in (0..width).step_by(avx512::NB) {
+        let cols = (width - c0).min(avx512::NB);
+        for r0 in (0..t).step_by(avx512::RB) {
+            f(r0, (t - r0).min(avx512::RB), c0, cols);
+        }
+    }
+}
+
 /// `S = q kᵀ` with the AVX-512 tiles: `kᵀ` transposed once into `kt` (`[hd, t]`), then `6 x 64` tiles of `S`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn avx512_scores(
@@ -451,23 +463,19 @@ unsafe fn avx512_scores(
             }
         }
     }
-    for j0 in (0..t).step_by(avx512::NB) {
-        let cols = (t - j0).min(avx512::NB);
-        for r0 in (0..t).step_by(avx512::RB) {
-            let rows = (t - r0).min(avx512::RB);
-            rows_x64!(
-                rows,
-                hd,
-                q.as_ptr().add(r0 * rs),
-                rs,
-                kt.as_ptr().add(j0),
-                t,
-                s.as_mut_ptr().add(r0 * t + j0),
-                t,
-                cols
-            );
-        }
-    }
+    tiles_6x64(t, t, |r0, rows, j0, cols| {
+        rows_x64!(
+            rows,
+            hd,
+            q.as_ptr().add(r0 * rs),
+            rs,
+            kt.as_ptr().add(j0),
+            t,
+            s.as_mut_ptr().add(r0 * t + j0),
+            t,
+            cols
+        );
+    });
 }
 
 /// `Y = S v` with the AVX-512 tiles (`v` read in place).
@@ -481,23 +489,19 @@ unsafe fn avx512_weighted(
     y: *mut f32,
     h: usize,
 ) {
-    for c0 in (0..hd).step_by(avx512::NB) {
-        let cols = (hd - c0).min(avx512::NB);
-        for r0 in (0..t).step_by(avx512::RB) {
-            let rows = (t - r0).min(avx512::RB);
-            rows_x64!(
-                rows,
-                t,
-                s.as_ptr().add(r0 * t),
-                t,
-                v.as_ptr().add(c0),
-                rs,
-                y.add(r0 * h + c0),
-                h,
-                cols
-            );
-        }
-    }
+    tiles_6x64(t, hd, |r0, rows, c0, cols| {
+        rows_x64!(
+            rows,
+            t,
+            s.as_ptr().add(r0 * t),
+            t,
+            v.as_ptr().add(c0),
+            rs,
+            y.add(r0 * h + c0),
+            h,
+            cols
+        );
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -550,23 +554,19 @@ unsafe fn bf16_scores(
             bf.kt[p * t + j] = pair(bf.rows[2 * p], hi);
         }
     }
-    for j0 in (0..t).step_by(avx512::NB) {
-        let cols = (t - j0).min(avx512::NB);
-        for r0 in (0..t).step_by(avx512::RB) {
-            let rows = (t - r0).min(avx512::RB);
-            rows_x64_bf16!(
-                rows,
-                hp,
-                bf.q.as_ptr().add(r0 * 2 * hp),
-                2 * hp,
-                bf.kt.as_ptr().add(j0),
-                t,
-                s.as_mut_ptr().add(r0 * t + j0),
-                t,
-                cols
-            );
-        }
-    }
+    tiles_6x64(t, t, |r0, rows, j0, cols| {
+        rows_x64_bf16!(
+            rows,
+            hp,
+            bf.q.as_ptr().add(r0 * 2 * hp),
+            2 * hp,
+            bf.kt.as_ptr().add(j0),
+            t,
+            s.as_mut_ptr().add(r0 * t + j0),
+            t,
+            cols
+        );
+    });
 }
 
 /// `Y = S v` with the bf16 tiles: the numerators and v's row pairs rounded to bf16.
@@ -601,23 +601,19 @@ unsafe fn bf16_weighted(
             bf.v[p * hd + c] = pair(bf.rows[c], bf.rows[hd + c]);
         }
     }
-    for c0 in (0..hd).step_by(avx512::NB) {
-        let cols = (hd - c0).min(avx512::NB);
-        for r0 in (0..t).step_by(avx512::RB) {
-            let rows = (t - r0).min(avx512::RB);
-            rows_x64_bf16!(
-                rows,
-                tp,
-                bf.p.as_ptr().add(r0 * 2 * tp),
-                2 * tp,
-                bf.v.as_ptr().add(c0),
-                hd,
-                y.add(r0 * h + c0),
-                h,
-                cols
-            );
-        }
-    }
+    tiles_6x64(t, hd, |r0, rows, c0, cols| {
+        rows_x64_bf16!(
+            rows,
+            tp,
+            bf.p.as_ptr().add(r0 * 2 * tp),
+            2 * tp,
+            bf.v.as_ptr().add(c0),
+            hd,
+            y.add(r0 * h + c0),
+            h,
+            cols
+        );
+    });
 }
 
 #[cfg(test)]
