@@ -117,15 +117,19 @@ pub fn gelu_tanh(x: f32) -> f32 {
     x / (1.0 + exp_f32(-2.0 * u))
 }
 
-/// Sum and sum of squares with 8 partial accumulators (vectorisable, and more accurate than one running sum).
-#[inline]
+/// Partial accumulators of the vectorisable reductions: one AVX-512 vector (two AVX2 ones).
+const LANES: usize = 16;
+
+/// Sum and sum of squares with [`LANES`] partial accumulators (vectorisable, and more accurate than one running
+/// sum).
+#[inline(always)]
 fn sums(x: &[f32]) -> (f32, f32) {
-    let mut s = [0f32; 8];
-    let mut s2 = [0f32; 8];
-    let chunks = x.chunks_exact(8);
+    let mut s = [0f32; LANES];
+    let mut s2 = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
     let rem = chunks.remainder();
     for c in chunks {
-        for j in 0..8 {
+        for j in 0..LANES {
             s[j] += c[j];
             s2[j] += c[j] * c[j];
         }
@@ -139,14 +143,14 @@ fn sums(x: &[f32]) -> (f32, f32) {
     (a, b)
 }
 
-/// Maximum with 8 partial maxima (vectorisable). NaNs are ignored, as by `f32::max`.
-#[inline]
+/// Maximum with [`LANES`] partial maxima (vectorisable). NaNs are ignored, as by `f32::max`.
+#[inline(always)]
 fn lane_max(x: &[f32]) -> f32 {
-    let mut m = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
     let rem = chunks.remainder();
     for c in chunks {
-        for j in 0..8 {
+        for j in 0..LANES {
             m[j] = if c[j] > m[j] { c[j] } else { m[j] };
         }
     }
@@ -156,14 +160,31 @@ fn lane_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `x <- exp(x - max(x))` in place; returns the sum of the new values (8 partial sums, as [`sums`]).
-#[inline]
+/// `x <- exp(x - max(x))` in place; returns the sum of the new values ([`LANES`] partial sums, as [`sums`]).
 fn exp_shifted_(x: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { exp_shifted_avx512(x) };
+    }
+    exp_shifted_body(x)
+}
+
+/// [`exp_shifted_`] compiled for AVX-512: the same arithmetic in the same order (so the same bits), 16 lanes
+/// at a time instead of the baseline's 4.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_avx512(x: &mut [f32]) -> f32 {
+    exp_shifted_body(x)
+}
+
+#[inline(always)]
+fn exp_shifted_body(x: &mut [f32]) -> f32 {
     let max = lane_max(x);
-    let mut s = [0f32; 8];
-    let mut chunks = x.chunks_exact_mut(8);
+    let mut s = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
-        for j in 0..8 {
+        for j in 0..LANES {
             c[j] = exp_f32(c[j] - max);
             s[j] += c[j];
         }
@@ -181,8 +202,24 @@ fn exp_shifted_(x: &mut [f32]) -> f32 {
 
 /// One row of adaLN's `dst = LayerNorm(src) * (1 + scale) + shift` (no affine, eps 1e-6, f32 statistics with the
 /// clamped fast variance `E[x²] - E[x]²` as flax): the prologue of the packed products, [`super::packed::LnRows`].
-#[inline]
 pub(super) fn ln_modulate_row(src: &[f32], shift: &[f32], scale: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { ln_modulate_row_avx512(src, shift, scale, dst) };
+    }
+    ln_modulate_row_body(src, shift, scale, dst)
+}
+
+/// [`ln_modulate_row`] compiled for AVX-512 (same arithmetic, same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn ln_modulate_row_avx512(src: &[f32], shift: &[f32], scale: &[f32], dst: &mut [f32]) {
+    ln_modulate_row_body(src, shift, scale, dst)
+}
+
+#[inline(always)]
+fn ln_modulate_row_body(src: &[f32], shift: &[f32], scale: &[f32], dst: &mut [f32]) {
     let inv_n = 1.0 / src.len().max(1) as f32;
     let (s, s2) = sums(src);
     let mean = s * inv_n;
