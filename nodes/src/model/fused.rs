@@ -455,16 +455,17 @@ unsafe fn gemm_weighted(
     );
 }
 
+/// Calls the attention tile `avx512::$f::<R>` for `rows` (1..=RB) as a const `R`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! rows_x64 {
-    ($rows:expr, $($arg:expr),*) => {
+macro_rules! attention_tile {
+    ($f:ident, $rows:expr, $($arg:expr),*) => {
         match $rows {
-            6 => avx512::rows_x64::<6>($($arg),*),
-            5 => avx512::rows_x64::<5>($($arg),*),
-            4 => avx512::rows_x64::<4>($($arg),*),
-            3 => avx512::rows_x64::<3>($($arg),*),
-            2 => avx512::rows_x64::<2>($($arg),*),
-            _ => avx512::rows_x64::<1>($($arg),*),
+            6 => avx512::$f::<6>($($arg),*),
+            5 => avx512::$f::<5>($($arg),*),
+            4 => avx512::$f::<4>($($arg),*),
+            3 => avx512::$f::<3>($($arg),*),
+            2 => avx512::$f::<2>($($arg),*),
+            _ => avx512::$f::<1>($($arg),*),
         }
     };
 }
@@ -501,7 +502,8 @@ unsafe fn avx512_scores(
         }
     }
     tiles_6x64(t, t, |r0, rows, j0, cols| {
-        rows_x64!(
+        attention_tile!(
+            rows_x64,
             rows,
             hd,
             q.as_ptr().add(r0 * rs),
@@ -527,7 +529,8 @@ unsafe fn avx512_weighted(
     h: usize,
 ) {
     tiles_6x64(t, hd, |r0, rows, c0, cols| {
-        rows_x64!(
+        attention_tile!(
+            rows_x64,
             rows,
             t,
             s.as_ptr().add(r0 * t),
@@ -539,20 +542,6 @@ unsafe fn avx512_weighted(
             cols
         );
     });
-}
-
-#[cfg(target_arch = "x86_64")]
-macro_rules! rows_x64_bf16 {
-    ($rows:expr, $($arg:expr),*) => {
-        match $rows {
-            6 => avx512::rows_x64_bf16::<6>($($arg),*),
-            5 => avx512::rows_x64_bf16::<5>($($arg),*),
-            4 => avx512::rows_x64_bf16::<4>($($arg),*),
-            3 => avx512::rows_x64_bf16::<3>($($arg),*),
-            2 => avx512::rows_x64_bf16::<2>($($arg),*),
-            _ => avx512::rows_x64_bf16::<1>($($arg),*),
-        }
-    };
 }
 
 /// Two bf16 values as the `u32` lane `vdpbf16ps` multiplies: `lo` in the low half.
@@ -592,7 +581,8 @@ unsafe fn bf16_scores(
         }
     }
     tiles_6x64(t, t, |r0, rows, j0, cols| {
-        rows_x64_bf16!(
+        attention_tile!(
+            rows_x64_bf16,
             rows,
             hp,
             bf.q.as_ptr().add(r0 * 2 * hp),
@@ -639,7 +629,8 @@ unsafe fn bf16_weighted(
         }
     }
     tiles_6x64(t, hd, |r0, rows, c0, cols| {
-        rows_x64_bf16!(
+        attention_tile!(
+            rows_x64_bf16,
             rows,
             tp,
             bf.p.as_ptr().add(r0 * 2 * tp),
