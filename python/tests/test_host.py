@@ -4,6 +4,7 @@ cancellation, errors, and single-node calls."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import pickle
@@ -113,9 +114,16 @@ def test_progress_callbacks(host, workflow):
     assert threading.current_thread() is threading.main_thread()
 
 
+_LONG_RUNS = itertools.count(1000)
+
+
 def _long(workflow):
+    # Long enough that no test's stop (after 3 steps, 20 ticks, 0.5 s) can come after the end on a fast CPU, and a
+    # fresh seed each time, so that a run which did finish never serves a later test from the host's cache (no
+    # progress events, nothing to stop).
     wf = copy.deepcopy(workflow)
-    wf["4"]["inputs"]["steps"] = 400
+    wf["4"]["inputs"]["steps"] = 4000
+    wf["4"]["inputs"]["seed"] = next(_LONG_RUNS)
     wf["6"]["inputs"]["filename_prefix"] = "py/never"
     return wf
 
