@@ -205,7 +205,16 @@ def test_host_interrupt_stops_a_run_of_another_thread(host, workflow):
     assert not t.is_alive() and len(errors) == 1
 
 
-def test_keyboard_interrupt_stops_the_run(host, workflow):
+@pytest.fixture
+def sigint_handled():
+    # A process started in the background by a non-interactive shell inherits SIGINT as ignored, and then Python
+    # installs no KeyboardInterrupt handler (interrupt_main and a real SIGINT do nothing): install it here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_keyboard_interrupt_stops_the_run(host, workflow, sigint_handled):
     import _thread
 
     seen = []
