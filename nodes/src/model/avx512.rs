@@ -25,6 +25,25 @@ pub const MR: usize = 8;
 /// memory-bound adaLN products 10-15 % slower (`odelt-bench gemm`, weights cycled past the L3).
 const PF: usize = NR * 48;
 
+/// Calls the tile `avx512::$f::<R>` with the run-time row count `rows` (1..=8) as the const `R`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($rows:expr, $f:ident, $($arg:expr),*) => {
+        match $rows {
+            8 => $crate::model::avx512::$f::<8>($($arg),*),
+            7 => $crate::model::avx512::$f::<7>($($arg),*),
+            6 => $crate::model::avx512::$f::<6>($($arg),*),
+            5 => $crate::model::avx512::$f::<5>($($arg),*),
+            4 => $crate::model::avx512::$f::<4>($($arg),*),
+            3 => $crate::model::avx512::$f::<3>($($arg),*),
+            2 => $crate::model::avx512::$f::<2>($($arg),*),
+            _ => $crate::model::avx512::$f::<1>($($arg),*),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use by_rows;
+
 /// Where a tile's result goes and what is applied to it first. Pointers are to the tile's top-left element of
 /// the respective `[M, N]` (row stride `ldc`) or `[samples, ..]` arrays.
 #[derive(Clone, Copy)]

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::layers::LN_EPS;
-use super::packed::{CpuKernels, WeightFormat};
+use super::packed::{gemm_rows, CpuKernels, WeightFormat};
 
 /// How the fused CPU path stores a model's block weights for this device, dtype and mode, if it applies: f32
 /// models as f32, bf16 models as bf16 where the CPU multiplies bf16 (AVX512-BF16); inference only. Elsewhere
@@ -399,25 +399,13 @@ fn attention_with(
 /// `S = q kᵀ` with the `gemm` crate (single-threaded: the heads are the parallel tasks).
 unsafe fn gemm_scores(q: &[f32], k: &[f32], rs: usize, t: usize, hd: usize, s: &mut [f32]) {
     // S[i, j] = sum_c q[i, c] k[j, c]: rhs element (c, j) is k[j, c].
-    gemm::gemm(
-        t,
-        t,
-        hd,
+    let rs = rs as isize;
+    gemm_rows(
+        (t, t, hd),
         s.as_mut_ptr(),
-        1,
-        t as isize,
-        false,
-        q.as_ptr(),
-        1,
-        rs as isize,
-        k.as_ptr(),
-        rs as isize,
-        1,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
+        t,
+        (q.as_ptr(), 1, rs),
+        (k.as_ptr(), rs, 1),
         gemm::Parallelism::None,
     );
 }
@@ -432,42 +420,14 @@ unsafe fn gemm_weighted(
     y: *mut f32,
     h: usize,
 ) {
-    gemm::gemm(
-        t,
-        hd,
-        t,
+    gemm_rows(
+        (t, hd, t),
         y,
-        1,
-        h as isize,
-        false,
-        s.as_ptr(),
-        1,
-        t as isize,
-        v.as_ptr(),
-        1,
-        rs as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
+        h,
+        (s.as_ptr(), 1, t as isize),
+        (v.as_ptr(), 1, rs as isize),
         gemm::Parallelism::None,
     );
-}
-
-/// Calls the attention tile `avx512::$f::<R>` for `rows` (1..=RB) as a const `R`.
-#[cfg(target_arch = "x86_64")]
-macro_rules! attention_tile {
-    ($f:ident, $rows:expr, $($arg:expr),*) => {
-        match $rows {
-            6 => avx512::$f::<6>($($arg),*),
-            5 => avx512::$f::<5>($($arg),*),
-            4 => avx512::$f::<4>($($arg),*),
-            3 => avx512::$f::<3>($($arg),*),
-            2 => avx512::$f::<2>($($arg),*),
-            _ => avx512::$f::<1>($($arg),*),
-        }
-    };
 }
 
 /// Calls `f(r0, rows, c0, cols)` for the `RB x NB` tiles of a `[t, width]` attention product, column blocks
@@ -502,9 +462,9 @@ unsafe fn avx512_scores(
         }
     }
     tiles_6x64(t, t, |r0, rows, j0, cols| {
-        attention_tile!(
-            rows_x64,
+        avx512::by_rows!(
             rows,
+            rows_x64,
             hd,
             q.as_ptr().add(r0 * rs),
             rs,
@@ -529,9 +489,9 @@ unsafe fn avx512_weighted(
     h: usize,
 ) {
     tiles_6x64(t, hd, |r0, rows, c0, cols| {
-        attention_tile!(
-            rows_x64,
+        avx512::by_rows!(
             rows,
+            rows_x64,
             t,
             s.as_ptr().add(r0 * t),
             t,
@@ -581,9 +541,9 @@ unsafe fn bf16_scores(
         }
     }
     tiles_6x64(t, t, |r0, rows, j0, cols| {
-        attention_tile!(
-            rows_x64_bf16,
+        avx512::by_rows!(
             rows,
+            rows_x64_bf16,
             hp,
             bf.q.as_ptr().add(r0 * 2 * hp),
             2 * hp,
@@ -629,9 +589,9 @@ unsafe fn bf16_weighted(
         }
     }
     tiles_6x64(t, hd, |r0, rows, c0, cols| {
-        attention_tile!(
-            rows_x64_bf16,
+        avx512::by_rows!(
             rows,
+            rows_x64_bf16,
             tp,
             bf.p.as_ptr().add(r0 * 2 * tp),
             2 * tp,

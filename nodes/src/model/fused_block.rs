@@ -39,14 +39,9 @@ fn read<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Resul
 
 /// `layer(x)` for `x` `[.., K]` with the given epilogue, as a tensor `[.., N]`.
 fn apply(layer: &PackedLinear, x: &Tensor, epi: Epilogue, what: &str) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
     let rows = x.elem_count() / layer.fan_in().max(1);
     let out = read(x, what, |xs| layer.forward(xs, rows, epi))?;
-    let mut out_dims = dims;
-    if let Some(last) = out_dims.last_mut() {
-        *last = layer.fan_out();
-    }
-    Ok(Tensor::from_vec(out, out_dims, x.device())?)
+    to_tensor(out, x, layer.fan_out())
 }
 
 /// `values` as a tensor shaped like `like` with the last dimension `last`.

@@ -12,7 +12,7 @@
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -39,19 +39,22 @@ pub enum CpuKernels {
 }
 
 impl CpuKernels {
-    /// Detected once per call from the CPU (cheap: `std` caches the CPUID); `ODELT_CPU_KERNELS=portable` forces
-    /// the portable path, for comparisons and to test it on AVX-512 machines.
+    /// Detected once per process from the CPU; `ODELT_CPU_KERNELS=portable` (read at the first call) forces the
+    /// portable path, for comparisons and to test it on AVX-512 machines.
     pub fn detect() -> Self {
-        if std::env::var("ODELT_CPU_KERNELS").is_ok_and(|v| v == "portable") {
-            return CpuKernels::Portable;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return CpuKernels::Avx512 {
-                bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
-            };
-        }
-        CpuKernels::Portable
+        static DETECTED: OnceLock<CpuKernels> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if std::env::var("ODELT_CPU_KERNELS").is_ok_and(|v| v == "portable") {
+                return CpuKernels::Portable;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return CpuKernels::Avx512 {
+                    bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
+                };
+            }
+            CpuKernels::Portable
+        })
     }
 
     /// Whether this CPU can run these kernels (the hardware, whatever `ODELT_CPU_KERNELS` says).
@@ -342,25 +345,12 @@ impl PackedLinear {
                 };
                 // SAFETY: the extents match the strides given (checked above).
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
+                    gemm_rows(
+                        (m, n, k),
                         out.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        a.as_ptr(),
-                        1,
-                        k as isize,
-                        w.as_ptr(),
-                        1,
-                        n as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                        n,
+                        (a.as_ptr(), 1, k as isize),
+                        (w.as_ptr(), 1, n as isize),
                         gemm::Parallelism::Rayon(rayon::current_num_threads().max(1)),
                     );
                 }
@@ -635,20 +625,40 @@ impl SharedOut {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-macro_rules! dispatch_rows {
-    ($rows:expr, $f:ident, $($arg:expr),*) => {
-        match $rows {
-            8 => avx512::$f::<8>($($arg),*),
-            7 => avx512::$f::<7>($($arg),*),
-            6 => avx512::$f::<6>($($arg),*),
-            5 => avx512::$f::<5>($($arg),*),
-            4 => avx512::$f::<4>($($arg),*),
-            3 => avx512::$f::<3>($($arg),*),
-            2 => avx512::$f::<2>($($arg),*),
-            _ => avx512::$f::<1>($($arg),*),
-        }
-    };
+/// `dst[m, n] = lhs · rhs` with the `gemm` crate: `dst` row-major with row stride `ldd`, each operand as
+/// `(pointer, column stride, row stride)` in elements (the portable products and the portable attention).
+///
+/// # Safety
+/// Every element the strides address lies inside its buffer; `dst` is writable.
+pub(super) unsafe fn gemm_rows(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ldd: usize,
+    (lhs, lhs_cs, lhs_rs): (*const f32, isize, isize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldd as isize,
+        false,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 /// [`avx512::tile_f32`] for `rows` in 1..=8.
@@ -665,7 +675,7 @@ unsafe fn tile_f32_dyn(
     cols: usize,
     epi: TileEpilogue,
 ) {
-    dispatch_rows!(rows, tile_f32, k, a, w, bias, c, ldc, cols, epi)
+    avx512::by_rows!(rows, tile_f32, k, a, w, bias, c, ldc, cols, epi)
 }
 
 /// [`avx512::tile_bf16`] for `rows` in 1..=8.
@@ -682,7 +692,7 @@ unsafe fn tile_bf16_dyn(
     cols: usize,
     epi: TileEpilogue,
 ) {
-    dispatch_rows!(rows, tile_bf16, pairs, a, w, bias, c, ldc, cols, epi)
+    avx512::by_rows!(rows, tile_bf16, pairs, a, w, bias, c, ldc, cols, epi)
 }
 
 #[cfg(test)]
