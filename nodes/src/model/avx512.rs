@@ -61,6 +61,23 @@ pub enum TileEpilogue {
     },
 }
 
+/// Cache lines a tile prefetches into L2 besides its own panel, one per depth step: its share of the next panel
+/// the task will multiply, so that the first tile of that panel does not wait on L3 or memory (1-5 % on the
+/// batch-1 DiT-B products, interleaved A/B in docs/benchmarks.md). `ptr` must point into (or `lines` lines before
+/// the end of) an allocation; prefetches do not fault, but they should not wander.
+#[derive(Clone, Copy)]
+pub struct Ahead {
+    pub ptr: *const i8,
+    pub lines: usize,
+}
+
+impl Ahead {
+    pub const NONE: Ahead = Ahead {
+        ptr: std::ptr::null(),
+        lines: 0,
+    };
+}
+
 /// The masks of the column vectors of a panel with `cols` (1..=NR) valid columns.
 #[inline(always)]
 fn masks(cols: usize) -> [u16; NV] {
@@ -168,7 +185,8 @@ unsafe fn finish<const R: usize>(
 #[cfg(target_arch = "x86_64")]
 /// One f32 tile: a packed row tile `a` (`[k, 8]`: the tile's 8 rows side by side for each depth index, see
 /// [`super::packed`]) times the `[k, 48]` panel `w` (row-major, zero beyond the valid `cols`), epilogue, store of
-/// rows `0..R` into `c` (row stride `ldc`, only the valid columns).
+/// rows `0..R` into `c` (row stride `ldc`, only the valid columns). Meanwhile the `next` lines are prefetched into
+/// L2, one per depth step.
 ///
 /// # Safety
 /// AVX-512F present; `a` readable for `k * 8`, `w` for `k * 48`, `bias` (and the epilogue's arrays) for the valid
@@ -184,11 +202,15 @@ pub unsafe fn tile_f32<const R: usize>(
     ldc: usize,
     cols: usize,
     epi: TileEpilogue,
+    next: Ahead,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let mut ap = a;
     let mut wp = w;
-    for _ in 0..k {
+    for kk in 0..k {
+        if kk < next.lines {
+            _mm_prefetch::<_MM_HINT_T1>(next.ptr.add(64 * kk));
+        }
         let mut wv = [_mm512_setzero_ps(); NV];
         for v in 0..NV {
             _mm_prefetch::<_MM_HINT_T0>(wp.add(PF + 16 * v).cast());
@@ -223,11 +245,15 @@ pub unsafe fn tile_bf16<const R: usize>(
     ldc: usize,
     cols: usize,
     epi: TileEpilogue,
+    next: Ahead,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let mut ap = a.cast::<i32>();
     let mut wp = w;
-    for _ in 0..pairs {
+    for kk in 0..pairs {
+        if kk < next.lines {
+            _mm_prefetch::<_MM_HINT_T1>(next.ptr.add(64 * kk));
+        }
         let mut wv: [__m512bh; NV] = std::mem::zeroed();
         for v in 0..NV {
             _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 32 * v).cast());

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use super::avx512::{self, TileEpilogue, MR, NR};
+use super::avx512::{self, Ahead, TileEpilogue, MR, NR};
 use super::fused::{gelu_tanh, ln_modulate_row};
 use crate::error::{Error, Result};
 
@@ -144,10 +144,17 @@ pub struct PackedLinear {
 /// the best of 64-4096 rows for the DiT-B products at batch 8 (`odelt-bench gemm --batch 8`).
 const A_BLOCK_BYTES: usize = 384 << 10;
 
-/// Rows per block of `A` for depth `k` and `bytes` per packed element: a multiple of the tile height.
+/// Rows per block of `A` for depth `k` and `bytes` per packed element: a multiple of the tile height, and at least
+/// [`MIN_BLOCK_ROWS`].
 fn row_block(k: usize, bytes: usize) -> usize {
-    (A_BLOCK_BYTES / (k * bytes).max(1) / MR * MR).clamp(MR, 512)
+    (A_BLOCK_BYTES / (k * bytes).max(1) / MR * MR).clamp(MIN_BLOCK_ROWS, 512)
 }
+
+/// The fewest rows per block of `A`: below this, a panel is fetched from L3 or memory for too few tiles. Deep
+/// products (the MLP out layer, K = 3072) used to get 32-row blocks from the byte budget; their A block now spills
+/// to L3, which the tile's 32 bytes per depth step tolerate, and each panel serves 16 tiles: about 3 % faster at
+/// batch 1, the same at batch 8 (interleaved A/B, 2026-12-02, docs/benchmarks.md).
+const MIN_BLOCK_ROWS: usize = 16 * MR;
 
 impl PackedLinear {
     /// Packs a row-major `[k, n]` kernel and its `[n]` bias for `kernels`. `Bf16` needs AVX512-BF16.
@@ -363,23 +370,31 @@ impl PackedLinear {
             #[cfg(target_arch = "x86_64")]
             Weights::F32Panels(w) => {
                 let ap = pack_rows_f32(a, m, k, ln);
-                self.tiled(m, out.as_mut_ptr(), epi, |r0, rows, p, c, ldc, cols, te| {
-                    // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
-                    // points at row r0 / panel p of `out`.
-                    unsafe {
-                        tile_f32_dyn(
-                            rows,
-                            k,
-                            ap.as_ptr().add(r0 * k),
-                            w.as_ptr().add(p * k * NR),
-                            self.bias.as_ptr().add(p * NR),
-                            c,
-                            ldc,
-                            cols,
-                            te,
-                        )
-                    }
-                });
+                let panel_len = k * NR;
+                self.tiled(
+                    m,
+                    out.as_mut_ptr(),
+                    epi,
+                    |r0, rows, p, c, ldc, cols, te, next| {
+                        // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
+                        // points at row r0 / panel p of `out`; `next` names lines of an existing panel.
+                        unsafe {
+                            let next = ahead(w.as_ptr().cast(), panel_len * 4, next);
+                            tile_f32_dyn(
+                                rows,
+                                k,
+                                ap.as_ptr().add(r0 * k),
+                                w.as_ptr().add(p * k * NR),
+                                self.bias.as_ptr().add(p * NR),
+                                c,
+                                ldc,
+                                cols,
+                                te,
+                                next,
+                            )
+                        }
+                    },
+                );
                 SCRATCH_F32.put(ap);
                 // SAFETY: the tiles cover every element of the `[m, n]` output.
                 unsafe { out.set_len(m * n) };
@@ -388,22 +403,30 @@ impl PackedLinear {
             Weights::Bf16Panels(w) => {
                 let pairs = k.div_ceil(2);
                 let ap = pack_rows_bf16(a, m, k, ln);
-                self.tiled(m, out.as_mut_ptr(), epi, |r0, rows, p, c, ldc, cols, te| {
-                    // SAFETY: as for f32 (a packed tile holds `pairs * 2 * MR` values).
-                    unsafe {
-                        tile_bf16_dyn(
-                            rows,
-                            pairs,
-                            ap.as_ptr().add(r0 * 2 * pairs),
-                            w.as_ptr().add(p * pairs * 2 * NR),
-                            self.bias.as_ptr().add(p * NR),
-                            c,
-                            ldc,
-                            cols,
-                            te,
-                        )
-                    }
-                });
+                let panel_len = pairs * 2 * NR;
+                self.tiled(
+                    m,
+                    out.as_mut_ptr(),
+                    epi,
+                    |r0, rows, p, c, ldc, cols, te, next| {
+                        // SAFETY: as for f32 (a packed tile holds `pairs * 2 * MR` values).
+                        unsafe {
+                            let next = ahead(w.as_ptr().cast(), panel_len * 2, next);
+                            tile_bf16_dyn(
+                                rows,
+                                pairs,
+                                ap.as_ptr().add(r0 * 2 * pairs),
+                                w.as_ptr().add(p * pairs * 2 * NR),
+                                self.bias.as_ptr().add(p * NR),
+                                c,
+                                ldc,
+                                cols,
+                                te,
+                                next,
+                            )
+                        }
+                    },
+                );
                 SCRATCH_U16.put(ap);
                 // SAFETY: as for f32.
                 unsafe { out.set_len(m * n) };
@@ -421,7 +444,8 @@ impl PackedLinear {
         m: usize,
         out: *mut f32,
         epi: Epilogue,
-        tile: impl Fn(usize, usize, usize, *mut f32, usize, usize, TileEpilogue) + Sync,
+        tile: impl Fn(usize, usize, usize, *mut f32, usize, usize, TileEpilogue, Option<NextPanel>)
+            + Sync,
     ) {
         let n = self.n;
         let panels = n.div_ceil(NR);
@@ -446,6 +470,7 @@ impl PackedLinear {
             let mut ic = rows0;
             while ic < rows1 {
                 let ic_end = (ic + mc).min(rows1);
+                let parts = (ic_end - ic).div_ceil(MR);
                 for p in p0..p1 {
                     let cols = (n - p * NR).min(NR);
                     let mut r0 = ic;
@@ -454,13 +479,45 @@ impl PackedLinear {
                         let te = tile_epilogue(epi, r0, rows, p * NR, n);
                         // SAFETY: the tile lies inside `out`; tasks write disjoint tiles.
                         let c = unsafe { dst.ptr().add(r0 * n + p * NR) };
-                        tile(r0, rows, p, c, n, cols, te);
+                        let next = (p + 1 < p1).then_some(NextPanel {
+                            panel: p + 1,
+                            part: (r0 - ic) / MR,
+                            parts,
+                        });
+                        tile(r0, rows, p, c, n, cols, te, next);
                         r0 += rows;
                     }
                 }
                 ic = ic_end;
             }
         });
+    }
+}
+
+/// Which share of the next panel a tile prefetches: part `part` of `parts` (the row tiles of the block).
+#[derive(Clone, Copy)]
+struct NextPanel {
+    panel: usize,
+    part: usize,
+    parts: usize,
+}
+
+/// The [`Ahead`] lines for `next` in panels of `panel_bytes` starting at `w`.
+///
+/// # Safety
+/// Panel `next.panel` exists.
+unsafe fn ahead(w: *const i8, panel_bytes: usize, next: Option<NextPanel>) -> Ahead {
+    match next {
+        None => Ahead::NONE,
+        Some(np) => {
+            let lines = panel_bytes.div_ceil(64);
+            let per = lines.div_ceil(np.parts);
+            let start = (np.part * per).min(lines);
+            Ahead {
+                ptr: w.add(np.panel * panel_bytes + start * 64),
+                lines: per.min(lines - start),
+            }
+        }
     }
 }
 
@@ -674,8 +731,9 @@ unsafe fn tile_f32_dyn(
     ldc: usize,
     cols: usize,
     epi: TileEpilogue,
+    next: Ahead,
 ) {
-    avx512::by_rows!(rows, tile_f32, k, a, w, bias, c, ldc, cols, epi)
+    avx512::by_rows!(rows, tile_f32, k, a, w, bias, c, ldc, cols, epi, next)
 }
 
 /// [`avx512::tile_bf16`] for `rows` in 1..=8.
@@ -691,8 +749,9 @@ unsafe fn tile_bf16_dyn(
     ldc: usize,
     cols: usize,
     epi: TileEpilogue,
+    next: Ahead,
 ) {
-    avx512::by_rows!(rows, tile_bf16, pairs, a, w, bias, c, ldc, cols, epi)
+    avx512::by_rows!(rows, tile_bf16, pairs, a, w, bias, c, ldc, cols, epi, next)
 }
 
 #[cfg(test)]
