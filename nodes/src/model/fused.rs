@@ -21,7 +21,9 @@
 //! f32, or bf16 on CPUs with AVX512-BF16); CUDA, fp16, other bf16 and training use the reference ops of [`super::block`].
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, DType, Device, Layout, Storage, StorageRef, Tensor};
+#[cfg(test)]
+use candle_core::Tensor;
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Storage, StorageRef};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
@@ -246,20 +248,29 @@ impl SharedMut {
     }
 }
 
-/// Multi-head attention on the fused projection output `qkv` `[B, T, 3H]` (`[q | k | v]`, bias added, the query
-/// scale already folded in), returning `[B, T, H]` with head-major features. One task per (sample, head), spread
-/// over the rayon pool: `S = q kᵀ` into a per-task `[T, T]` buffer, softmax over its rows in place, then `S v`
-/// written straight into the head's columns of the output. Each task runs single-threaded `gemm` products on
-/// strided views of `qkv`, so nothing is copied, no `[heads, T, T]` tensor is materialised, and at batch 1 the
-/// heads (not the small products) keep all cores busy.
-pub fn attention(qkv: &Tensor, num_heads: usize, bf16: bool) -> candle_core::Result<Tensor> {
-    let kernels = CpuKernels::detect();
-    let products = match kernels {
+/// Multi-head attention on the f32 data of the fused projection output `qkv` `[b, t, 3H]` (`[q | k | v]`, bias
+/// added, the query scale already folded in), into `out` `[b, t, H]` with head-major features (its capacity
+/// reused). One task per (sample, head), spread over the rayon pool: `S = q kᵀ` into a per-task `[t, t]` buffer,
+/// softmax over its rows in place, then `S v` written straight into the head's columns of the output. Each task
+/// runs single-threaded products on strided views of `qkv`, so nothing is copied, no `[heads, t, t]` tensor is
+/// materialised, and at batch 1 the heads (not the small products) keep all cores busy.
+pub fn attention_into(
+    qkv: &[f32],
+    (b, t, three_h): (usize, usize, usize),
+    num_heads: usize,
+    bf16: bool,
+    out: &mut Vec<f32>,
+) -> candle_core::Result<()> {
+    attention_rows(qkv, (b, t, three_h), num_heads, products_for(bf16), out)
+}
+
+/// The products for this CPU: bf16 tiles for the bf16 model where AVX512-BF16 exists.
+fn products_for(bf16: bool) -> Products {
+    match CpuKernels::detect() {
         CpuKernels::Avx512 { bf16: true } if bf16 => Products::Avx512Bf16,
         CpuKernels::Avx512 { .. } => Products::Avx512,
         CpuKernels::Portable => Products::Gemm,
-    };
-    attention_with(qkv, num_heads, products)
+    }
 }
 
 /// How the two attention products are computed.
@@ -299,7 +310,8 @@ struct Bf16Operands {
     rows: Vec<u16>,
 }
 
-/// [`attention`] with the given products.
+/// [`attention_into`] on a tensor with the given products (the tests' entry).
+#[cfg(test)]
 fn attention_with(
     qkv: &Tensor,
     num_heads: usize,
@@ -307,14 +319,36 @@ fn attention_with(
 ) -> candle_core::Result<Tensor> {
     let what = "odelt-attention";
     let (b, t, three_h) = qkv.dims3()?;
+    let (guard, layout) = qkv.storage_and_layout();
+    let src = contiguous(f32_guard(&guard, what)?, layout, what)?;
+    let mut out = Vec::new();
+    attention_rows(src, (b, t, three_h), num_heads, products, &mut out)?;
+    drop(guard);
+    Tensor::from_vec(out, (b, t, three_h / 3), qkv.device())
+}
+
+/// [`attention_into`] with the given products. Every element of `out` is written (by the head owning its
+/// columns), so a reused buffer is not cleared first.
+fn attention_rows(
+    src: &[f32],
+    (b, t, three_h): (usize, usize, usize),
+    num_heads: usize,
+    products: Products,
+    out: &mut Vec<f32>,
+) -> candle_core::Result<()> {
+    let what = "odelt-attention";
     if num_heads == 0 || three_h % (3 * num_heads) != 0 {
         bail!("{what}: width {three_h} is not 3 x {num_heads} heads");
     }
+    if src.len() != b * t * three_h {
+        bail!(
+            "{what}: {} values for a [{b}, {t}, {three_h}] projection",
+            src.len()
+        );
+    }
     let h = three_h / 3;
     let hd = h / num_heads;
-    let (guard, layout) = qkv.storage_and_layout();
-    let src = contiguous(f32_guard(&guard, what)?, layout, what)?;
-    let mut out = vec![0f32; b * t * h];
+    out.resize(b * t * h, 0.0);
     let dst = SharedMut(out.as_mut_ptr());
     (0..b * num_heads).into_par_iter().for_each_init(
         || {
@@ -389,8 +423,7 @@ fn attention_with(
             }
         },
     );
-    drop(guard);
-    Tensor::from_vec(out, (b, t, h), qkv.device())
+    Ok(())
 }
 
 // The attention products of one (sample, head): `S = q kᵀ` (`[t, t]`, row stride `t`) and `Y = S v` written into the
@@ -743,8 +776,20 @@ mod tests {
                     assert!(err > 0.0, "bf16 rounding must show");
                 }
             }
-            assert!(attention(&qkv, 5, false).is_err());
+            assert!(attention_with(&qkv, 5, Products::Gemm).is_err());
         }
+    }
+
+    #[test]
+    fn attention_into_a_dirty_buffer_writes_every_element() {
+        let (b, t, nh, hd) = (2, 21, 3, 8);
+        let qkv = rand(&[b, t, 3 * nh * hd], 5);
+        let fresh = attention_with(&qkv, nh, products_for(false)).unwrap();
+        let data = qkv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut out = vec![f32::NAN; 2 * b * t * nh * hd];
+        attention_into(&data, (b, t, 3 * nh * hd), nh, false, &mut out).unwrap();
+        assert_eq!(out, fresh.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(attention_into(&data[1..], (b, t, 3 * nh * hd), nh, false, &mut out).is_err());
     }
 
     #[test]

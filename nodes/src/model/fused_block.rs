@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::block::{DitBlock, FinalLayer};
 use super::fused;
 use super::layers::Dense;
-use super::packed::{CpuKernels, Epilogue, LnRows, PackedLinear, WeightFormat};
+use super::packed::{CpuKernels, Epilogue, LnRows, PackedLinear, WeightFormat, BUFFERS};
 use super::profile::Laps;
 use crate::error::Result;
 
@@ -122,7 +122,8 @@ impl FusedBlock {
         })
     }
 
-    /// Same contract as [`DitBlock::forward`] for f32 `x` and `c` (not differentiable).
+    /// Same contract as [`DitBlock::forward`] for f32 `x` and `c` (not differentiable). The intermediate
+    /// activations live in buffers of the [`BUFFERS`] pool, returned when the block is done.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let what = "fused DiT block";
         let (b, tokens, hidden) = x.dims3()?;
@@ -130,42 +131,42 @@ impl FusedBlock {
         let mut laps = Laps::start();
         let m = apply(&self.ada_ln, &c.silu()?, Epilogue::Bias, what)?;
         laps.lap("adaLN: silu + Dense_0 [B,H]x[H,6H]");
-
-        let qkv = read(x, what, |xs| {
+        let out = read(x, what, |xs| {
             read(&m, what, |ms| {
+                let mut qkv = BUFFERS.take_empty(rows * 3 * hidden);
                 let ln = modulation(ms, 0, 6, hidden, tokens);
-                to_tensor(
-                    self.qkv.forward_ln(xs, rows, ln, Epilogue::Bias)?,
-                    x,
-                    3 * hidden,
-                )
-            })
-        })?;
-        laps.lap("LayerNorm + modulate, matmul qkv [BT,H]x[H,3H] + bias");
-        let y = fused::attention(&qkv, self.num_heads, self.format() == WeightFormat::Bf16)?;
-        laps.lap("attention q.k^T, softmax, w.v (fused per head)");
-        let x1 = read(x, what, |xs| {
-            read(&m, what, |ms| {
-                apply(&self.attn_out, &y, gated(xs, ms, 2, hidden, tokens), what)
-            })
-        })?;
-        laps.lap("matmul attn out [BT,H]x[H,H] + bias, gate, residual");
+                self.qkv
+                    .forward_ln_into(xs, rows, ln, Epilogue::Bias, &mut qkv)?;
+                laps.lap("LayerNorm + modulate, matmul qkv [BT,H]x[H,3H] + bias");
 
-        let u = read(&x1, what, |xs| {
-            read(&m, what, |ms| {
+                let mut y = BUFFERS.take(rows * hidden);
+                let bf16 = self.format() == WeightFormat::Bf16;
+                fused::attention_into(&qkv, (b, tokens, 3 * hidden), self.num_heads, bf16, &mut y)?;
+                BUFFERS.put(qkv);
+                laps.lap("attention q.k^T, softmax, w.v (fused per head)");
+
+                let mut x1 = BUFFERS.take_empty(rows * hidden);
+                self.attn_out
+                    .forward_into(&y, rows, gated(xs, ms, 2, hidden, tokens), &mut x1)?;
+                BUFFERS.put(y);
+                laps.lap("matmul attn out [BT,H]x[H,H] + bias, gate, residual");
+
+                let mut u = BUFFERS.take_empty(rows * self.mlp_in.fan_out());
                 let ln = modulation(ms, 3, 6, hidden, tokens);
-                let u = self.mlp_in.forward_ln(xs, rows, ln, Epilogue::BiasGelu)?;
-                to_tensor(u, x, self.mlp_in.fan_out())
+                self.mlp_in
+                    .forward_ln_into(&x1, rows, ln, Epilogue::BiasGelu, &mut u)?;
+                laps.lap("LayerNorm + modulate, matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
+
+                let out = self
+                    .mlp_out
+                    .forward(&u, rows, gated(&x1, ms, 5, hidden, tokens))?;
+                BUFFERS.put(u);
+                BUFFERS.put(x1);
+                laps.lap("matmul mlp out [BT,4H]x[4H,H] + bias, gate, residual");
+                Ok(out)
             })
         })?;
-        laps.lap("LayerNorm + modulate, matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
-        let out = read(&x1, what, |xs| {
-            read(&m, what, |ms| {
-                apply(&self.mlp_out, &u, gated(xs, ms, 5, hidden, tokens), what)
-            })
-        })?;
-        laps.lap("matmul mlp out [BT,4H]x[4H,H] + bias, gate, residual");
-        Ok(out)
+        to_tensor(out, x, hidden)
     }
 }
 

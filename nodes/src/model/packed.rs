@@ -271,11 +271,39 @@ impl PackedLinear {
 
     /// `epilogue(a W + b)` for `a` row-major `[m, k]`; returns row-major `[m, n]`.
     pub fn forward(&self, a: &[f32], m: usize, epi: Epilogue) -> Result<Vec<f32>> {
-        self.forward_inner(a, m, None, epi)
+        let mut out = Vec::new();
+        self.forward_inner(a, m, None, epi, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`PackedLinear::forward`] into `out` (its previous contents dropped, its capacity reused: a buffer from
+    /// [`BUFFERS`] is already faulted in).
+    pub fn forward_into(
+        &self,
+        a: &[f32],
+        m: usize,
+        epi: Epilogue,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.forward_inner(a, m, None, epi, out)
     }
 
     /// `epilogue(ln(x) W + b)` with the [`LnRows`] prologue on each row of `x` `[m, k]`.
     pub fn forward_ln(&self, x: &[f32], m: usize, ln: LnRows, epi: Epilogue) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.forward_ln_into(x, m, ln, epi, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`PackedLinear::forward_ln`] into `out`, as [`PackedLinear::forward_into`].
+    pub fn forward_ln_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        ln: LnRows,
+        epi: Epilogue,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let samples = m.div_ceil(ln.rows_per_sample.max(1));
         let need = samples.saturating_sub(1) * ln.stride + self.k;
         if ln.rows_per_sample == 0 || (m > 0 && (ln.shift.len() < need || ln.scale.len() < need)) {
@@ -289,7 +317,7 @@ impl PackedLinear {
                 ln.rows_per_sample
             )));
         }
-        self.forward_inner(x, m, Some(ln), epi)
+        self.forward_inner(x, m, Some(ln), epi, out)
     }
 
     fn forward_inner(
@@ -298,7 +326,8 @@ impl PackedLinear {
         m: usize,
         ln: Option<LnRows>,
         epi: Epilogue,
-    ) -> Result<Vec<f32>> {
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let (k, n) = (self.k, self.n);
         if a.len() != m * k {
             return Err(Error::invalid(format!(
@@ -331,9 +360,11 @@ impl PackedLinear {
             }
         }
         if m == 0 {
-            return Ok(Vec::new());
+            out.clear();
+            return Ok(());
         }
-        let mut out = Vec::with_capacity(m * n);
+        out.clear();
+        out.reserve(m * n);
         match &*self.weights {
             Weights::RowMajor(w) => {
                 out.resize(m * n, 0.0);
@@ -361,7 +392,7 @@ impl PackedLinear {
                         gemm::Parallelism::Rayon(rayon::current_num_threads().max(1)),
                     );
                 }
-                portable_epilogue(&mut out, n, &self.bias, epi);
+                portable_epilogue(out, n, &self.bias, epi);
             }
             #[cfg(not(target_arch = "x86_64"))]
             Weights::F32Panels(_) | Weights::Bf16Panels(_) => {
@@ -432,7 +463,7 @@ impl PackedLinear {
                 unsafe { out.set_len(m * n) };
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs `tile(r0, rows, panel, c, ldc, cols, epilogue)` over every `MR x 48` tile of the `[m, n]` output, split
@@ -589,27 +620,64 @@ fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u16>
 
 /// Buffers for the packed activations, kept between products so that the next one does not fault fresh pages
 /// in (a batch-8 DiT-B product packs up to 25 MB).
-struct Scratch<T>(Mutex<Vec<Vec<T>>>);
+pub(super) struct Scratch<T>(Mutex<Vec<Vec<T>>>);
 
 static SCRATCH_F32: Scratch<f32> = Scratch(Mutex::new(Vec::new()));
 static SCRATCH_U16: Scratch<u16> = Scratch(Mutex::new(Vec::new()));
 
+/// Buffers for the intermediate activations of the fused block (qkv, attention, MLP hidden), for the same reason:
+/// a fresh 25 MB allocation per product is a fresh mapping, and the kernel zeroing its pages showed as 3-4 % of
+/// the batch-8 forward (`perf`: page faults, `clear_page`); reusing them made the 25 MB-output mlp-in product
+/// 1.5x faster in bf16 (docs/benchmarks.md).
+pub(super) static BUFFERS: Scratch<f32> = Scratch(Mutex::new(Vec::new()));
+
+/// Buffers kept per pool, and the largest kept (elements): what a forward needs at once, without holding on to
+/// the memory of an unusually large batch.
+const POOL_BUFFERS: usize = 6;
+const POOL_MAX_ELEMS: usize = 128 << 20;
+
 impl<T: Copy + Default> Scratch<T> {
-    /// A buffer of `len` elements (contents unspecified: the packers write every element).
-    fn take(&self, len: usize) -> Vec<T> {
-        let mut v = match self.0.lock() {
-            Ok(mut pool) => pool.pop().unwrap_or_default(),
+    /// An empty buffer with capacity for `len` elements if the pool has one (the smallest such), otherwise its
+    /// largest (grown by the caller).
+    pub(super) fn take_empty(&self, len: usize) -> Vec<T> {
+        let mut v = self.pick(len);
+        v.clear();
+        v
+    }
+
+    /// The pool's best buffer for `len` elements, as it was put back.
+    fn pick(&self, len: usize) -> Vec<T> {
+        match self.0.lock() {
+            Ok(mut pool) => {
+                let fit = (0..pool.len())
+                    .filter(|&i| pool[i].capacity() >= len)
+                    .min_by_key(|&i| pool[i].capacity())
+                    .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+                fit.map(|i| pool.swap_remove(i)).unwrap_or_default()
+            }
             Err(_) => Vec::new(),
-        };
+        }
+    }
+
+    /// A buffer of `len` elements (contents unspecified: the packers write every element; only growth is
+    /// initialised).
+    pub(super) fn take(&self, len: usize) -> Vec<T> {
+        let mut v = self.pick(len);
         v.resize(len, T::default());
         v
     }
 
-    /// Returns a buffer to the pool (at most a few are kept).
-    fn put(&self, v: Vec<T>) {
+    /// Returns a buffer to the pool (at most [`POOL_BUFFERS`] are kept, the largest first).
+    pub(super) fn put(&self, v: Vec<T>) {
+        if v.capacity() == 0 || v.capacity() > POOL_MAX_ELEMS {
+            return;
+        }
         if let Ok(mut pool) = self.0.lock() {
-            if pool.len() < 4 {
-                pool.push(v);
+            pool.push(v);
+            if pool.len() > POOL_BUFFERS {
+                if let Some(i) = (0..pool.len()).min_by_key(|&i| pool[i].capacity()) {
+                    pool.swap_remove(i);
+                }
             }
         }
     }
@@ -908,6 +976,44 @@ mod tests {
                 ..ln
             };
             assert!(layer.forward_ln(&x, m, short, Epilogue::Bias).is_err());
+        }
+    }
+
+    #[test]
+    fn pool_hands_out_the_smallest_fitting_buffer_and_stays_bounded() {
+        let pool: Scratch<f32> = Scratch(Mutex::new(Vec::new()));
+        for cap in [100, 10, 1000] {
+            pool.put(Vec::with_capacity(cap));
+        }
+        let v = pool.take_empty(50);
+        assert!(v.is_empty() && v.capacity() >= 100 && v.capacity() < 1000);
+        // Nothing fits: the largest, to be grown.
+        assert!(pool.take_empty(5000).capacity() >= 1000);
+        // `take` keeps the old contents' initialisation, only sized to `len`.
+        pool.put(vec![7.0; 20]);
+        assert_eq!(pool.take(8).len(), 8);
+        for _ in 0..3 * POOL_BUFFERS {
+            pool.put(Vec::with_capacity(64));
+        }
+        pool.put(Vec::new());
+        assert_eq!(pool.0.lock().unwrap().len(), POOL_BUFFERS);
+    }
+
+    #[test]
+    fn products_into_a_reused_buffer_match_fresh_ones() {
+        let (m, k, n) = (19, 70, 100);
+        let a = rand(m * k, 11);
+        let w = rand(k * n, 12);
+        let b = rand(n, 13);
+        for kernels in kernels_here() {
+            let layer = PackedLinear::pack(&w, &b, k, n, WeightFormat::F32, kernels).unwrap();
+            let fresh = layer.forward(&a, m, Epilogue::BiasGelu).unwrap();
+            // A dirty buffer, longer than the product.
+            let mut out = vec![f32::NAN; 3 * m * n];
+            layer
+                .forward_into(&a, m, Epilogue::BiasGelu, &mut out)
+                .unwrap();
+            assert_eq!(out, fresh, "{kernels:?}");
         }
     }
 
