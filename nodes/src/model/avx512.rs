@@ -294,6 +294,57 @@ pub unsafe fn to_bf16(src: *const f32, dst: *mut u16, n: usize) {
     }
 }
 
+/// Eight rows of 32-bit values, depth `j0..j0 + 16` of each (`rows[r]` readable for 16 values), transposed into
+/// `dst` as `[16, 8]` (depth-major: the row tiles of [`super::packed`]). Three rounds of shuffles (32-bit,
+/// 64-bit and 128-bit interleaves), 32 in all, instead of 128 scalar stores; bits are moved, never converted, so
+/// f32 and pairs of bf16 alike.
+///
+/// # Safety
+/// AVX-512F present; each `rows[r]` readable for 16 values, `dst` writable for 128.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn transpose_8x16(rows: [*const f32; 8], dst: *mut f32) {
+    let r = rows.map(|p| _mm512_loadu_ps(p));
+    // Per 128-bit lane (depths 4L..4L+4): a[2i] = rows 2i, 2i+1 interleaved at depths 0, 1 of the lane; a[2i+1] at
+    // depths 2, 3.
+    let a = [
+        _mm512_unpacklo_ps(r[0], r[1]),
+        _mm512_unpackhi_ps(r[0], r[1]),
+        _mm512_unpacklo_ps(r[2], r[3]),
+        _mm512_unpackhi_ps(r[2], r[3]),
+        _mm512_unpacklo_ps(r[4], r[5]),
+        _mm512_unpackhi_ps(r[4], r[5]),
+        _mm512_unpacklo_ps(r[6], r[7]),
+        _mm512_unpackhi_ps(r[6], r[7]),
+    ];
+    let pd = _mm512_castps_pd;
+    let ps = _mm512_castpd_ps;
+    // b[d] (d = depth 0..4 within each lane) holds rows 0-3, b[4 + d] rows 4-7.
+    let b = [
+        ps(_mm512_unpacklo_pd(pd(a[0]), pd(a[2]))),
+        ps(_mm512_unpackhi_pd(pd(a[0]), pd(a[2]))),
+        ps(_mm512_unpacklo_pd(pd(a[1]), pd(a[3]))),
+        ps(_mm512_unpackhi_pd(pd(a[1]), pd(a[3]))),
+        ps(_mm512_unpacklo_pd(pd(a[4]), pd(a[6]))),
+        ps(_mm512_unpackhi_pd(pd(a[4]), pd(a[6]))),
+        ps(_mm512_unpacklo_pd(pd(a[5]), pd(a[7]))),
+        ps(_mm512_unpackhi_pd(pd(a[5]), pd(a[7]))),
+    ];
+    // Depths d and d + 1 (d even, within each lane), all eight rows, for the lanes of dst: output vector `o` holds
+    // depths 2o, 2o + 1.
+    for d in [0, 2] {
+        let lo = _mm512_shuffle_f32x4::<0x44>(b[d], b[4 + d]);
+        let lo1 = _mm512_shuffle_f32x4::<0x44>(b[d + 1], b[5 + d]);
+        let hi = _mm512_shuffle_f32x4::<0xEE>(b[d], b[4 + d]);
+        let hi1 = _mm512_shuffle_f32x4::<0xEE>(b[d + 1], b[5 + d]);
+        // Lane 0 of the input: depths d, d + 1; lane 1: 4 + d; lane 2: 8 + d; lane 3: 12 + d.
+        _mm512_storeu_ps(dst.add(8 * d), _mm512_shuffle_f32x4::<0x88>(lo, lo1));
+        _mm512_storeu_ps(dst.add(8 * (4 + d)), _mm512_shuffle_f32x4::<0xDD>(lo, lo1));
+        _mm512_storeu_ps(dst.add(8 * (8 + d)), _mm512_shuffle_f32x4::<0x88>(hi, hi1));
+        _mm512_storeu_ps(dst.add(8 * (12 + d)), _mm512_shuffle_f32x4::<0xDD>(hi, hi1));
+    }
+}
+
 /// The bf16 nearest to `x` (ties to even; NaN stays a quiet NaN), as the bits of its 16-bit pattern.
 pub fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();

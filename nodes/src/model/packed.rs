@@ -446,7 +446,7 @@ impl PackedLinear {
                             tile_bf16_dyn(
                                 rows,
                                 pairs,
-                                ap.as_ptr().add(r0 * 2 * pairs),
+                                ap.as_ptr().add(r0 * pairs).cast::<u16>(),
                                 w.as_ptr().add(p * pairs * 2 * NR),
                                 self.bias.as_ptr().add(p * NR),
                                 c,
@@ -458,7 +458,7 @@ impl PackedLinear {
                         }
                     },
                 );
-                SCRATCH_U16.put(ap);
+                SCRATCH_U32.put(ap);
                 // SAFETY: as for f32.
                 unsafe { out.set_len(m * n) };
             }
@@ -557,64 +557,99 @@ unsafe fn ahead(w: *const i8, panel_bytes: usize, next: Option<NextPanel>) -> Ah
 fn pack_rows_f32(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<f32> {
     let mut out = SCRATCH_F32.take(m.div_ceil(MR) * k * MR);
     out.par_chunks_mut(k * MR).enumerate().for_each_init(
-        || vec![0f32; if ln.is_some() { k } else { 0 }],
+        // The tile's rows after the prologue (or zero rows past `m`).
+        || vec![0f32; MR * k],
         |tmp, (t, dst)| {
             let rows = MR.min(m - t * MR);
-            for r in 0..rows {
-                let mut src = &a[(t * MR + r) * k..][..k];
-                if let Some(ln) = ln {
-                    ln.apply(t * MR + r, src, tmp);
-                    src = tmp;
-                }
-                for (kk, &v) in src.iter().enumerate() {
-                    dst[kk * MR + r] = v;
+            for r in 0..MR {
+                let row = &mut tmp[r * k..][..k];
+                if r >= rows {
+                    row.fill(0.0);
+                } else if let Some(ln) = ln {
+                    ln.apply(t * MR + r, &a[(t * MR + r) * k..][..k], row);
                 }
             }
-            for r in rows..MR {
-                (0..k).for_each(|kk| dst[kk * MR + r] = 0.0);
-            }
+            let src: [&[f32]; MR] = std::array::from_fn(|r| {
+                if r < rows && ln.is_none() {
+                    &a[(t * MR + r) * k..][..k]
+                } else {
+                    &tmp[r * k..][..k]
+                }
+            });
+            transpose_rows(src, dst);
         },
     );
     out
 }
 
-/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 as row tiles for the bf16 tiles: tile `t` holds
-/// rows `8t..8t+8` as `[k/2, 8, 2]` (each row's depth pair side by side; the odd pad and rows past `m` zero).
-fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u16> {
-    let pairs = k.div_ceil(2);
-    let mut out = SCRATCH_U16.take(m.div_ceil(MR) * pairs * 2 * MR);
-    out.par_chunks_mut(pairs * 2 * MR)
-        .enumerate()
-        .for_each_init(
-            || {
-                (
-                    vec![0u16; 2 * pairs],
-                    vec![0f32; if ln.is_some() { k } else { 0 }],
+/// `dst[kk * 8 + r] = rows[r][kk]`: eight rows of 32-bit values (f32, or bf16 pairs as their bits) as one row
+/// tile, 16 depths at a time with [`avx512::transpose_8x16`] where the CPU has AVX-512.
+fn transpose_rows<T: Copy>(rows: [&[T]; MR], dst: &mut [T]) {
+    const { assert!(std::mem::size_of::<T>() == 4) };
+    let k = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == k) && dst.len() == k * MR);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if CpuKernels::detect() != CpuKernels::Portable {
+        while done + 16 <= k {
+            // SAFETY: AVX-512F is present (the kernels were detected); each row holds 16 values from `done` and
+            // `dst` 128 from `done * MR` (the lengths asserted above); 4-byte values move as f32 bits.
+            unsafe {
+                avx512::transpose_8x16(
+                    rows.map(|r| r.as_ptr().add(done).cast::<f32>()),
+                    dst.as_mut_ptr().add(done * MR).cast::<f32>(),
                 )
-            },
-            |(row, tmp), (t, dst)| {
-                let rows = MR.min(m - t * MR);
-                for r in rows..MR {
-                    (0..pairs).for_each(|p| dst[(p * MR + r) * 2..][..2].fill(0));
+            };
+            done += 16;
+        }
+    }
+    for kk in done..k {
+        for (r, row) in rows.iter().enumerate() {
+            dst[kk * MR + r] = row[kk];
+        }
+    }
+}
+
+/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 as row tiles for the bf16 tiles: tile `t` holds
+/// rows `8t..8t+8` as `[k/2, 8, 2]` (each row's depth pair side by side, one `u32`; the odd pad and rows past `m`
+/// zero).
+fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut out = SCRATCH_U32.take(m.div_ceil(MR) * pairs * MR);
+    out.par_chunks_mut(pairs * MR).enumerate().for_each_init(
+        || {
+            (
+                // The tile's rows as bf16 pairs (`u32`, low half first: the order in memory).
+                vec![0u32; MR * pairs],
+                vec![0f32; if ln.is_some() { k } else { 0 }],
+            )
+        },
+        |(bits, tmp), (t, dst)| {
+            let rows = MR.min(m - t * MR);
+            for r in 0..MR {
+                let row = &mut bits[r * pairs..][..pairs];
+                if r >= rows {
+                    row.fill(0);
+                    continue;
                 }
-                for r in 0..rows {
-                    let mut src = &a[(t * MR + r) * k..][..k];
-                    if let Some(ln) = ln {
-                        ln.apply(t * MR + r, src, tmp);
-                        src = tmp;
-                    }
-                    // SAFETY: the bf16 format exists only where `pack` saw AVX512-BF16; `row` holds >= k values.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        avx512::to_bf16(src.as_ptr(), row.as_mut_ptr(), k)
-                    };
-                    for p in 0..pairs {
-                        dst[(p * MR + r) * 2] = row[2 * p];
-                        dst[(p * MR + r) * 2 + 1] = row[2 * p + 1];
-                    }
+                let mut src = &a[(t * MR + r) * k..][..k];
+                if let Some(ln) = ln {
+                    ln.apply(t * MR + r, src, tmp);
+                    src = tmp;
                 }
-            },
-        );
+                // The odd pad: the last pair's high half is zero.
+                row[pairs - 1] = 0;
+                // SAFETY: the bf16 format exists only where `pack` saw AVX512-BF16; `row` holds 2 * pairs >= k
+                // bf16 values.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::to_bf16(src.as_ptr(), row.as_mut_ptr().cast::<u16>(), k)
+                };
+            }
+            let src: [&[u32]; MR] = std::array::from_fn(|r| &bits[r * pairs..][..pairs]);
+            transpose_rows(src, dst);
+        },
+    );
     out
 }
 
@@ -623,7 +658,7 @@ fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u16>
 pub(super) struct Scratch<T>(Mutex<Vec<Vec<T>>>);
 
 static SCRATCH_F32: Scratch<f32> = Scratch(Mutex::new(Vec::new()));
-static SCRATCH_U16: Scratch<u16> = Scratch(Mutex::new(Vec::new()));
+static SCRATCH_U32: Scratch<u32> = Scratch(Mutex::new(Vec::new()));
 
 /// Buffers for the intermediate activations of the fused block (qkv, attention, MLP hidden), for the same reason:
 /// a fresh 25 MB allocation per product is a fresh mapping, and the kernel zeroing its pages showed as 3-4 % of
@@ -977,6 +1012,30 @@ mod tests {
             };
             assert!(layer.forward_ln(&x, m, short, Epilogue::Bias).is_err());
         }
+    }
+
+    #[test]
+    fn row_tiles_are_the_transposed_rows() {
+        // 37 = two 16-deep blocks (the AVX-512 transpose, where present) and a scalar tail.
+        let k = 37;
+        let rows: Vec<Vec<u32>> = (0..MR)
+            .map(|r| (0..k).map(|kk| (r * 1000 + kk) as u32).collect())
+            .collect();
+        let mut dst = vec![0u32; k * MR];
+        transpose_rows(std::array::from_fn(|r| &rows[r][..]), &mut dst);
+        for kk in 0..k {
+            for r in 0..MR {
+                assert_eq!(dst[kk * MR + r], rows[r][kk], "depth {kk} row {r}");
+            }
+        }
+        let fl: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&v| v as f32 - 0.5).collect())
+            .collect();
+        let mut out = vec![0f32; k * MR];
+        transpose_rows(std::array::from_fn(|r| &fl[r][..]), &mut out);
+        assert_eq!(out[5 * MR + 3], fl[3][5]);
+        assert_eq!(out[36 * MR + 7], fl[7][36]);
     }
 
     #[test]
