@@ -183,6 +183,41 @@ unsafe fn finish<const R: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
+/// Early in a tile (depth step `kk < R`), its output row `kk` is requested for writing (`prefetchw`) and, for the
+/// gated residual, the residual row for reading: the tile ends with one store per output vector, and when those
+/// lines were not in cache the stores stalled the next tile behind their read-for-ownership misses (`perf` put 4 %
+/// of the batch-1 forward on the instructions after each tile). Interleaved A/B: +0-6 % on the batch-1 DiT-B
+/// products, up to +11 % at batch 8 (mlp in, 25 MB of output), +0-6 % in bf16.
+#[inline(always)]
+unsafe fn prefetch_destination(
+    kk: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: &TileEpilogue,
+) {
+    let row = c.add(kk * ldc);
+    for off in [0, 16, 32, cols - 1] {
+        if off < cols {
+            // SAFETY (caller): the row's valid columns are writable; PREFETCHW exists on every AVX-512 CPU.
+            std::arch::asm!(
+                "prefetchw [{p}]",
+                p = in(reg) row.add(off),
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+    }
+    if let TileEpilogue::GatedResidual { residual, .. } = epi {
+        let res = residual.add(kk * ldc);
+        for off in [0, 16, 32, cols - 1] {
+            if off < cols {
+                _mm_prefetch::<_MM_HINT_T0>(res.add(off).cast());
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 /// One f32 tile: a packed row tile `a` (`[k, 8]`: the tile's 8 rows side by side for each depth index, see
 /// [`super::packed`]) times the `[k, 48]` panel `w` (row-major, zero beyond the valid `cols`), epilogue, store of
 /// rows `0..R` into `c` (row stride `ldc`, only the valid columns). Meanwhile the `next` lines are prefetched into
@@ -210,6 +245,9 @@ pub unsafe fn tile_f32<const R: usize>(
     for kk in 0..k {
         if kk < next.lines {
             _mm_prefetch::<_MM_HINT_T1>(next.ptr.add(64 * kk));
+        }
+        if kk < R {
+            prefetch_destination(kk, c, ldc, cols, &epi);
         }
         let mut wv = [_mm512_setzero_ps(); NV];
         for v in 0..NV {
@@ -253,6 +291,9 @@ pub unsafe fn tile_bf16<const R: usize>(
     for kk in 0..pairs {
         if kk < next.lines {
             _mm_prefetch::<_MM_HINT_T1>(next.ptr.add(64 * kk));
+        }
+        if kk < R {
+            prefetch_destination(kk, c, ldc, cols, &epi);
         }
         let mut wv: [__m512bh; NV] = std::mem::zeroed();
         for v in 0..NV {
