@@ -24,6 +24,8 @@ use candle_core::backend::BackendStorage;
 #[cfg(test)]
 use candle_core::Tensor;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Storage, StorageRef};
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
@@ -310,6 +312,61 @@ struct Bf16Operands {
     rows: Vec<u16>,
 }
 
+/// The shape a [`Scratch`] was made for: tokens, head width, products.
+type ScratchShape = (usize, usize, Products);
+
+thread_local! {
+    /// Each pool thread's [`Scratch`], kept between calls (a fresh `[t, t]` buffer per task was a 256 KB memset
+    /// per head at 256 tokens), with the shape it was made for.
+    static SCRATCH: RefCell<Option<(ScratchShape, Scratch)>> = const { RefCell::new(None) };
+}
+
+impl Scratch {
+    /// Zeroed buffers for `t` tokens of head width `hd` (the bf16 operands' odd pads rely on the zeros).
+    fn new(t: usize, hd: usize, products: Products) -> Self {
+        let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
+        let bf = if products == Products::Avx512Bf16 {
+            Bf16Operands {
+                q: vec![0; t * 2 * hp],
+                kt: vec![0; hp * t],
+                p: vec![0; t * 2 * tp],
+                v: vec![0; tp * hd],
+                rows: vec![0; 2 * hd],
+            }
+        } else {
+            Bf16Operands::default()
+        };
+        let kt = vec![
+            0f32;
+            if products == Products::Avx512 {
+                hd * t
+            } else {
+                0
+            }
+        ];
+        Scratch {
+            s: vec![0f32; t * t],
+            kt,
+            inv: vec![0f32; t],
+            bf,
+        }
+    }
+
+    /// Runs `f` with this thread's scratch for the shape, made anew when the shape changed (so pads written for
+    /// another shape never show through).
+    fn with<R>(t: usize, hd: usize, products: Products, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        SCRATCH.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let key = (t, hd, products);
+            if slot.as_ref().map(|(k, _)| *k) != Some(key) {
+                *slot = Some((key, Scratch::new(t, hd, products)));
+            }
+            let (_, sc) = slot.as_mut().expect("just filled");
+            f(sc)
+        })
+    }
+}
+
 /// [`attention_into`] on a tensor with the given products (the tests' entry).
 #[cfg(test)]
 fn attention_with(
@@ -350,36 +407,8 @@ fn attention_rows(
     let hd = h / num_heads;
     out.resize(b * t * h, 0.0);
     let dst = SharedMut(out.as_mut_ptr());
-    (0..b * num_heads).into_par_iter().for_each_init(
-        || {
-            let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
-            let bf = if products == Products::Avx512Bf16 {
-                Bf16Operands {
-                    q: vec![0; t * 2 * hp],
-                    kt: vec![0; hp * t],
-                    p: vec![0; t * 2 * tp],
-                    v: vec![0; tp * hd],
-                    rows: vec![0; 2 * hd],
-                }
-            } else {
-                Bf16Operands::default()
-            };
-            let kt = vec![
-                0f32;
-                if products == Products::Avx512 {
-                    hd * t
-                } else {
-                    0
-                }
-            ];
-            Scratch {
-                s: vec![0f32; t * t],
-                kt,
-                inv: vec![0f32; t],
-                bf,
-            }
-        },
-        |sc, task| {
+    (0..b * num_heads).into_par_iter().for_each(|task| {
+        Scratch::with(t, hd, products, |sc| {
             let (bi, head) = (task / num_heads, task % num_heads);
             let base = bi * t * three_h + head * hd;
             let (q, k, v) = (&src[base..], &src[base + h..], &src[base + 2 * h..]);
@@ -421,8 +450,8 @@ fn attention_rows(
                 let row = unsafe { std::slice::from_raw_parts_mut(y.add(i * h), hd) };
                 row.iter_mut().for_each(|x| *x *= f);
             }
-        },
-    );
+        })
+    });
     Ok(())
 }
 
