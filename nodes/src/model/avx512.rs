@@ -59,6 +59,10 @@ pub enum TileEpilogue {
         gate: *const f32,
         gate_rows: [usize; MR],
     },
+    /// `acc + bias` (tanh-GELU'd if `gelu`) stored as a row tile of the next product's input (the layout of
+    /// [`super::packed`]'s packed rows: `[depth, 8]`): `c` points at depth `col0` of the tile's block, the tile's
+    /// columns are the next product's depths, and rows past `R` are written as zeros.
+    Tiles { gelu: bool },
 }
 
 /// Cache lines a tile prefetches into L2 besides its own panel, one per depth step: its share of the next panel
@@ -161,12 +165,33 @@ unsafe fn finish<const R: usize>(
     for v in 0..NV {
         b[v] = _mm512_maskz_loadu_ps(mk[v], bias.add(16 * v));
     }
+    if let TileEpilogue::Tiles { gelu } = epi {
+        // Per 16 columns: the eight rows (zero past R) transposed to depth pairs, stored while valid.
+        for v in 0..NV {
+            let mut rows = [_mm512_setzero_ps(); MR];
+            for r in 0..R {
+                let x = _mm512_add_ps(acc[r][v], b[v]);
+                rows[r] = if gelu { gelu16(x) } else { x };
+            }
+            let pairs = transpose_regs(rows);
+            for (i, pv) in pairs.iter().enumerate() {
+                let d = 16 * v + 2 * i;
+                if d + 1 < cols {
+                    _mm512_storeu_ps(c.add(8 * d), *pv);
+                } else if d < cols {
+                    _mm512_mask_storeu_ps(c.add(8 * d), 0x00FF, *pv);
+                }
+            }
+        }
+        return;
+    }
     for r in 0..R {
         for v in 0..NV {
             let x = _mm512_add_ps(acc[r][v], b[v]);
             let y = match epi {
                 TileEpilogue::Bias => x,
                 TileEpilogue::BiasGelu => gelu16(x),
+                TileEpilogue::Tiles { .. } => unreachable!("handled above"),
                 TileEpilogue::GatedResidual {
                     residual,
                     gate,
@@ -196,6 +221,19 @@ unsafe fn prefetch_destination(
     cols: usize,
     epi: &TileEpilogue,
 ) {
+    if let TileEpilogue::Tiles { .. } = epi {
+        // The tile's block: 8 rows x `cols` depths, contiguous (three lines per depth step).
+        for off in [0, 16, 32] {
+            if 6 * kk + off / 8 < cols {
+                std::arch::asm!(
+                    "prefetchw [{p}]",
+                    p = in(reg) c.add(48 * kk + off),
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        }
+        return;
+    }
     let row = c.add(kk * ldc);
     for off in [0, 16, 32, cols - 1] {
         if off < cols {
@@ -345,7 +383,18 @@ pub unsafe fn to_bf16(src: *const f32, dst: *mut u16, n: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn transpose_8x16(rows: [*const f32; 8], dst: *mut f32) {
-    let r = rows.map(|p| _mm512_loadu_ps(p));
+    let out = transpose_regs(rows.map(|p| _mm512_loadu_ps(p)));
+    for (o, v) in out.iter().enumerate() {
+        _mm512_storeu_ps(dst.add(16 * o), *v);
+    }
+}
+
+/// [`transpose_8x16`] in registers: eight rows of 16 values in, eight vectors out, vector `o` holding depths `2o`
+/// and `2o + 1` of the eight rows.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_regs(r: [__m512; 8]) -> [__m512; 8] {
     // Per 128-bit lane (depths 4L..4L+4): a[2i] = rows 2i, 2i+1 interleaved at depths 0, 1 of the lane; a[2i+1] at
     // depths 2, 3.
     let a = [
@@ -371,19 +420,20 @@ pub unsafe fn transpose_8x16(rows: [*const f32; 8], dst: *mut f32) {
         ps(_mm512_unpacklo_pd(pd(a[5]), pd(a[7]))),
         ps(_mm512_unpackhi_pd(pd(a[5]), pd(a[7]))),
     ];
-    // Depths d and d + 1 (d even, within each lane), all eight rows, for the lanes of dst: output vector `o` holds
-    // depths 2o, 2o + 1.
+    let mut out = [_mm512_setzero_ps(); 8];
+    // Depths d and d + 1 (d even, within each lane), all eight rows: lane 0 of the input gives depths d, d + 1;
+    // lane 1: 4 + d; lane 2: 8 + d; lane 3: 12 + d.
     for d in [0, 2] {
         let lo = _mm512_shuffle_f32x4::<0x44>(b[d], b[4 + d]);
         let lo1 = _mm512_shuffle_f32x4::<0x44>(b[d + 1], b[5 + d]);
         let hi = _mm512_shuffle_f32x4::<0xEE>(b[d], b[4 + d]);
         let hi1 = _mm512_shuffle_f32x4::<0xEE>(b[d + 1], b[5 + d]);
-        // Lane 0 of the input: depths d, d + 1; lane 1: 4 + d; lane 2: 8 + d; lane 3: 12 + d.
-        _mm512_storeu_ps(dst.add(8 * d), _mm512_shuffle_f32x4::<0x88>(lo, lo1));
-        _mm512_storeu_ps(dst.add(8 * (4 + d)), _mm512_shuffle_f32x4::<0xDD>(lo, lo1));
-        _mm512_storeu_ps(dst.add(8 * (8 + d)), _mm512_shuffle_f32x4::<0x88>(hi, hi1));
-        _mm512_storeu_ps(dst.add(8 * (12 + d)), _mm512_shuffle_f32x4::<0xDD>(hi, hi1));
+        out[d / 2] = _mm512_shuffle_f32x4::<0x88>(lo, lo1);
+        out[(4 + d) / 2] = _mm512_shuffle_f32x4::<0xDD>(lo, lo1);
+        out[(8 + d) / 2] = _mm512_shuffle_f32x4::<0x88>(hi, hi1);
+        out[(12 + d) / 2] = _mm512_shuffle_f32x4::<0xDD>(hi, hi1);
     }
+    out
 }
 
 /// The bf16 nearest to `x` (ties to even; NaN stays a quiet NaN), as the bits of its 16-bit pattern.

@@ -151,16 +151,24 @@ impl FusedBlock {
                 BUFFERS.put(y);
                 laps.lap("matmul attn out [BT,H]x[H,H] + bias, gate, residual");
 
-                let mut u = BUFFERS.take_empty(rows * self.mlp_in.fan_out());
                 let ln = modulation(ms, 3, 6, hidden, tokens);
-                self.mlp_in
-                    .forward_ln_into(&x1, rows, ln, Epilogue::BiasGelu, &mut u)?;
-                laps.lap("LayerNorm + modulate, matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
-
-                let out = self
-                    .mlp_out
-                    .forward(&u, rows, gated(&x1, ms, 5, hidden, tokens))?;
-                BUFFERS.put(u);
+                let residual = gated(&x1, ms, 5, hidden, tokens);
+                let out = if self.mlp_in.takes_row_tiles() && self.mlp_out.takes_row_tiles() {
+                    // The hidden layer goes to mlp out already packed (no row-major copy, no packing pass).
+                    let u = self
+                        .mlp_in
+                        .forward_ln_to_tiles(&x1, rows, ln, Epilogue::BiasGelu)?;
+                    laps.lap("LayerNorm + modulate, matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
+                    self.mlp_out.forward_tiles(&u, residual)?
+                } else {
+                    let mut u = BUFFERS.take_empty(rows * self.mlp_in.fan_out());
+                    self.mlp_in
+                        .forward_ln_into(&x1, rows, ln, Epilogue::BiasGelu, &mut u)?;
+                    laps.lap("LayerNorm + modulate, matmul mlp in [BT,H]x[H,4H] + bias, tanh-GELU");
+                    let out = self.mlp_out.forward(&u, rows, residual)?;
+                    BUFFERS.put(u);
+                    out
+                };
                 BUFFERS.put(x1);
                 laps.lap("matmul mlp out [BT,4H]x[4H,H] + bias, gate, residual");
                 Ok(out)

@@ -272,7 +272,7 @@ impl PackedLinear {
     /// `epilogue(a W + b)` for `a` row-major `[m, k]`; returns row-major `[m, n]`.
     pub fn forward(&self, a: &[f32], m: usize, epi: Epilogue) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        self.forward_inner(a, m, None, epi, &mut out)?;
+        self.forward_inner(Input::Rows(a, None), m, epi, &mut out, false)?;
         Ok(out)
     }
 
@@ -285,7 +285,34 @@ impl PackedLinear {
         epi: Epilogue,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        self.forward_inner(a, m, None, epi, out)
+        self.forward_inner(Input::Rows(a, None), m, epi, out, false)
+    }
+
+    /// Whether this layer can hand its output to the next one as [`RowTiles`] and take them as input (f32 panels).
+    pub fn takes_row_tiles(&self) -> bool {
+        matches!(*self.weights, Weights::F32Panels(_))
+    }
+
+    /// [`PackedLinear::forward_ln`] with the output written straight into the packed input layout of the next
+    /// product (`Bias` or `BiasGelu` only), which then skips its packing pass ([`PackedLinear::forward_tiles`]).
+    pub fn forward_ln_to_tiles(
+        &self,
+        x: &[f32],
+        m: usize,
+        ln: LnRows,
+        epi: Epilogue,
+    ) -> Result<RowTiles> {
+        self.check_ln(m, &ln)?;
+        let mut data = SCRATCH_F32.take_empty(m.div_ceil(MR) * self.n * MR);
+        self.forward_inner(Input::Rows(x, Some(ln)), m, epi, &mut data, true)?;
+        Ok(RowTiles { data, m, k: self.n })
+    }
+
+    /// [`PackedLinear::forward`] on input already packed by the previous layer.
+    pub fn forward_tiles(&self, a: &RowTiles, epi: Epilogue) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.forward_inner(Input::Tiles(a), a.m, epi, &mut out, false)?;
+        Ok(out)
     }
 
     /// `epilogue(ln(x) W + b)` with the [`LnRows`] prologue on each row of `x` `[m, k]`.
@@ -295,15 +322,7 @@ impl PackedLinear {
         Ok(out)
     }
 
-    /// [`PackedLinear::forward_ln`] into `out`, as [`PackedLinear::forward_into`].
-    pub fn forward_ln_into(
-        &self,
-        x: &[f32],
-        m: usize,
-        ln: LnRows,
-        epi: Epilogue,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
+    fn check_ln(&self, m: usize, ln: &LnRows) -> Result<()> {
         let samples = m.div_ceil(ln.rows_per_sample.max(1));
         let need = samples.saturating_sub(1) * ln.stride + self.k;
         if ln.rows_per_sample == 0 || (m > 0 && (ln.shift.len() < need || ln.scale.len() < need)) {
@@ -317,23 +336,56 @@ impl PackedLinear {
                 ln.rows_per_sample
             )));
         }
-        self.forward_inner(x, m, Some(ln), epi, out)
+        Ok(())
     }
 
-    fn forward_inner(
+    /// [`PackedLinear::forward_ln`] into `out`, as [`PackedLinear::forward_into`].
+    pub fn forward_ln_into(
         &self,
-        a: &[f32],
+        x: &[f32],
         m: usize,
-        ln: Option<LnRows>,
+        ln: LnRows,
         epi: Epilogue,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        self.check_ln(m, &ln)?;
+        self.forward_inner(Input::Rows(x, Some(ln)), m, epi, out, false)
+    }
+
+    /// The product for every input and output form; `to_tiles` writes `out` as [`RowTiles`] data.
+    fn forward_inner(
+        &self,
+        input: Input,
+        m: usize,
+        epi: Epilogue,
+        out: &mut Vec<f32>,
+        to_tiles: bool,
+    ) -> Result<()> {
         let (k, n) = (self.k, self.n);
-        if a.len() != m * k {
-            return Err(Error::invalid(format!(
-                "a [{m}, {k}] product got {} input values",
-                a.len()
-            )));
+        match input {
+            Input::Rows(a, _) if a.len() != m * k => {
+                return Err(Error::invalid(format!(
+                    "a [{m}, {k}] product got {} input values",
+                    a.len()
+                )))
+            }
+            Input::Tiles(t) if t.k != k || t.m != m => {
+                return Err(Error::invalid(format!(
+                    "a [{m}, {k}] product got packed rows of [{}, {}]",
+                    t.m, t.k
+                )))
+            }
+            _ => {}
+        }
+        if (to_tiles || matches!(input, Input::Tiles(_))) && !self.takes_row_tiles() {
+            return Err(Error::invalid(
+                "row tiles are only exchanged between f32 panel layers".to_string(),
+            ));
+        }
+        if to_tiles && matches!(epi, Epilogue::GatedResidual { .. }) {
+            return Err(Error::invalid(
+                "a gated residual cannot be written as row tiles".to_string(),
+            ));
         }
         if let Epilogue::GatedResidual {
             residual,
@@ -367,6 +419,9 @@ impl PackedLinear {
         out.reserve(m * n);
         match &*self.weights {
             Weights::RowMajor(w) => {
+                let Input::Rows(a, ln) = input else {
+                    unreachable!("checked above: row tiles need f32 panels")
+                };
                 out.resize(m * n, 0.0);
                 let normed: Vec<f32>;
                 let a = match ln {
@@ -400,12 +455,24 @@ impl PackedLinear {
             }
             #[cfg(target_arch = "x86_64")]
             Weights::F32Panels(w) => {
-                let ap = pack_rows_f32(a, m, k, ln);
+                let packed = match input {
+                    Input::Rows(a, ln) => Some(pack_rows_f32(a, m, k, ln)),
+                    Input::Tiles(_) => None,
+                };
+                let ap: &[f32] = match (&packed, input) {
+                    (Some(p), _) => p,
+                    (None, Input::Tiles(t)) => &t.data,
+                    (None, Input::Rows(..)) => unreachable!("packed above"),
+                };
+                if to_tiles {
+                    out.reserve(m.div_ceil(MR) * n * MR);
+                }
                 let panel_len = k * NR;
                 self.tiled(
                     m,
                     out.as_mut_ptr(),
                     epi,
+                    to_tiles,
                     |r0, rows, p, c, ldc, cols, te, next| {
                         // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
                         // points at row r0 / panel p of `out`; `next` names lines of an existing panel.
@@ -426,12 +493,24 @@ impl PackedLinear {
                         }
                     },
                 );
-                SCRATCH_F32.put(ap);
-                // SAFETY: the tiles cover every element of the `[m, n]` output.
-                unsafe { out.set_len(m * n) };
+                if let Some(p) = packed {
+                    SCRATCH_F32.put(p);
+                }
+                // SAFETY: the tiles cover every element of the `[m, n]` output (or, as row tiles, of the
+                // `[tiles, n, 8]` blocks: rows past `m` written as zeros).
+                unsafe {
+                    out.set_len(if to_tiles {
+                        m.div_ceil(MR) * n * MR
+                    } else {
+                        m * n
+                    })
+                };
             }
             #[cfg(target_arch = "x86_64")]
             Weights::Bf16Panels(w) => {
+                let Input::Rows(a, ln) = input else {
+                    unreachable!("checked above: row tiles need f32 panels")
+                };
                 let pairs = k.div_ceil(2);
                 let ap = pack_rows_bf16(a, m, k, ln);
                 let panel_len = pairs * 2 * NR;
@@ -439,6 +518,7 @@ impl PackedLinear {
                     m,
                     out.as_mut_ptr(),
                     epi,
+                    false,
                     |r0, rows, p, c, ldc, cols, te, next| {
                         // SAFETY: as for f32 (a packed tile holds `pairs * 2 * MR` values).
                         unsafe {
@@ -475,6 +555,7 @@ impl PackedLinear {
         m: usize,
         out: *mut f32,
         epi: Epilogue,
+        to_tiles: bool,
         tile: impl Fn(usize, usize, usize, *mut f32, usize, usize, TileEpilogue, Option<NextPanel>)
             + Sync,
     ) {
@@ -507,9 +588,18 @@ impl PackedLinear {
                     let mut r0 = ic;
                     while r0 < ic_end {
                         let rows = (ic_end - r0).min(MR);
-                        let te = tile_epilogue(epi, r0, rows, p * NR, n);
-                        // SAFETY: the tile lies inside `out`; tasks write disjoint tiles.
-                        let c = unsafe { dst.ptr().add(r0 * n + p * NR) };
+                        // SAFETY: the tile lies inside `out` (rows r0.., columns p*48..; or as row tiles, tile r0/8's
+                        // block at depth p*48); tasks write disjoint tiles.
+                        let (te, c) = if to_tiles {
+                            let gelu = matches!(epi, Epilogue::BiasGelu);
+                            (TileEpilogue::Tiles { gelu }, unsafe {
+                                dst.ptr().add(r0 * n + p * NR * MR)
+                            })
+                        } else {
+                            (tile_epilogue(epi, r0, rows, p * NR, n), unsafe {
+                                dst.ptr().add(r0 * n + p * NR)
+                            })
+                        };
                         let next = (p + 1 < p1).then_some(NextPanel {
                             panel: p + 1,
                             part: (r0 - ic) / MR,
@@ -549,6 +639,40 @@ unsafe fn ahead(w: *const i8, panel_bytes: usize, next: Option<NextPanel>) -> Ah
                 lines: per.min(lines - start),
             }
         }
+    }
+}
+
+/// A product's input: row-major `[m, k]` (with the LayerNorm prologue, if any, applied while packing), or rows
+/// the previous layer already wrote packed.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Rows(&'a [f32], Option<LnRows<'a>>),
+    Tiles(&'a RowTiles),
+}
+
+/// Activations `[m, k]` in the packed input layout of the f32 tiles (row tiles `[k, 8]`, rows past `m` zero), as
+/// [`PackedLinear::forward_ln_to_tiles`] writes them: the MLP hidden layer goes from the mlp-in product to the
+/// mlp-out product without a row-major copy or a packing pass. The buffer returns to the pool when dropped.
+#[derive(Debug)]
+pub struct RowTiles {
+    data: Vec<f32>,
+    m: usize,
+    k: usize,
+}
+
+impl RowTiles {
+    /// Row `r` (for tests and checks): `k` values.
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let (t, i) = (r / MR, r % MR);
+        (0..self.k)
+            .map(|kk| self.data[t * self.k * MR + kk * MR + i])
+            .collect()
+    }
+}
+
+impl Drop for RowTiles {
+    fn drop(&mut self) {
+        SCRATCH_F32.put(std::mem::take(&mut self.data));
     }
 }
 
@@ -1036,6 +1160,56 @@ mod tests {
         transpose_rows(std::array::from_fn(|r| &fl[r][..]), &mut out);
         assert_eq!(out[5 * MR + 3], fl[3][5]);
         assert_eq!(out[36 * MR + 7], fl[7][36]);
+    }
+
+    #[test]
+    fn row_tiles_handed_between_layers_match_the_row_major_chain() {
+        // m = 19: a 3-row tail tile; n1 = 101: a 5-column last panel (an odd depth pair) for the hand-over.
+        let (m, k, n1, n2) = (19, 40, 101, 50);
+        let x = rand(m * k, 21);
+        let modulation = rand(2 * 3 * k, 22);
+        let ln = LnRows {
+            shift: &modulation,
+            scale: &modulation[k..],
+            stride: 3 * k,
+            rows_per_sample: 10,
+        };
+        let (w1, b1) = (rand(k * n1, 23), rand(n1, 24));
+        let (w2, b2) = (rand(n1 * n2, 25), rand(n2, 26));
+        let residual = rand(m * n2, 27);
+        let gate = rand(2 * n2, 28);
+        let gated = Epilogue::GatedResidual {
+            residual: &residual,
+            gate: &gate,
+            gate_stride: n2,
+            rows_per_gate: 10,
+        };
+        for kernels in kernels_here() {
+            let l1 = PackedLinear::pack(&w1, &b1, k, n1, WeightFormat::F32, kernels).unwrap();
+            let l2 = PackedLinear::pack(&w2, &b2, n1, n2, WeightFormat::F32, kernels).unwrap();
+            let u = l1.forward_ln(&x, m, ln, Epilogue::BiasGelu).unwrap();
+            let want = l2.forward(&u, m, gated).unwrap();
+            if !l1.takes_row_tiles() {
+                assert!(l1
+                    .forward_ln_to_tiles(&x, m, ln, Epilogue::BiasGelu)
+                    .is_err());
+                continue;
+            }
+            let tiles = l1
+                .forward_ln_to_tiles(&x, m, ln, Epilogue::BiasGelu)
+                .unwrap();
+            for r in [0, 7, 8, 18] {
+                assert_eq!(tiles.row(r), u[r * n1..][..n1].to_vec(), "row {r}");
+            }
+            assert_eq!(
+                l2.forward_tiles(&tiles, gated).unwrap(),
+                want,
+                "{kernels:?}"
+            );
+            // Shapes and epilogues that cannot be exchanged.
+            assert!(l1.forward_tiles(&tiles, Epilogue::Bias).is_err());
+            assert!(l1.forward_ln_to_tiles(&x, m, ln, gated).is_err());
+        }
     }
 
     #[test]
