@@ -130,10 +130,12 @@ for _ in $(seq 600); do
 done
 [ -n "$REQUEUED" ] || die "task 2 was never caught mid-run (journal had $n lines)"
 echo "== requeued task ${JOB}_2 $REQUEUED at $(( $(date +%s) - T0 ))s"
-# Slurm holds a requeued job back (BeginTime two minutes ahead); let it start at once.
+# Slurm holds a requeued job back (BeginTime two minutes ahead); let it start in two seconds. Not "now": slurmd
+# refuses a credential created in the same second as the revocation the requeue issued ("Job credential revoked",
+# the relaunch killed and the shard left incomplete: seen once in CI when the two fell in one second).
 for _ in $(seq 40); do
   squeue -h -j "${JOB}_2" -o '%T %r' 2>/dev/null | grep -q 'PENDING BeginTime' \
-    && scontrol update JobId="${JOB}_2" StartTime=now && break
+    && scontrol update JobId="${JOB}_2" StartTime=now+2 && break
   sleep 0.25
 done
 # Status right after the kill: the requeued shard is not complete.
