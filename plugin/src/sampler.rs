@@ -2,7 +2,7 @@
 
 use odelt_contract::{
     types::LATENT, ExecContext, HostContext, InputSpec, Inputs, Node, NodeError, NodeInfo,
-    NodeOutput, PreviewImage, Validation, ValidationIssue,
+    NodeOutput, Validation, ValidationIssue,
 };
 use odelt_nodes::pipeline::sampler::{
     check_class_label, parse_class_labels, run_sampler_masked, Progress,
@@ -134,17 +134,7 @@ impl Node for Sampler {
         }
         let settings = settings(inputs)?;
         ctx.text(&format!("sampling at length {}", m.length));
-        let mut on_progress = |p: Progress<'_>| {
-            let r = match p.preview {
-                Some(img) => ctx.progress_with_preview(
-                    p.value,
-                    p.max,
-                    PreviewImage::rgb8(img.width, img.height, &img.data),
-                ),
-                None => ctx.progress(p.value, p.max),
-            };
-            r.is_ok()
-        };
+        let mut on_progress = |p: Progress<'_>| p.report(ctx);
         if mask.is_some() {
             ctx.text("sampling inside the noise mask");
         }

@@ -82,19 +82,20 @@ impl Ahead {
     };
 }
 
-/// The masks of the column vectors of a panel with `cols` (1..=NR) valid columns.
+/// The mask of the first `n` (0..=16) lanes of a 16-lane vector.
 #[inline(always)]
-fn masks(cols: usize) -> [u16; NV] {
-    let mut m = [0u16; NV];
-    for (v, mv) in m.iter_mut().enumerate() {
-        let n = cols.saturating_sub(16 * v).min(16);
-        *mv = if n == 16 {
-            u16::MAX
-        } else {
-            ((1u32 << n) - 1) as u16
-        };
+fn lane_mask(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        ((1u32 << n) - 1) as u16
     }
-    m
+}
+
+/// The masks of the `V` column vectors of a block with `cols` valid columns.
+#[inline(always)]
+fn masks<const V: usize>(cols: usize) -> [u16; V] {
+    std::array::from_fn(|v| lane_mask(cols.saturating_sub(16 * v)))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -135,7 +136,7 @@ unsafe fn exp16(z: __m512) -> __m512 {
 #[target_feature(enable = "avx512f")]
 pub unsafe fn exp_shifted(x: *mut f32, n: usize) -> f32 {
     let full = n / 16 * 16;
-    let tail = ((1u32 << (n % 16)) - 1) as u16;
+    let tail = lane_mask(n % 16);
     let lowest = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut m = lowest;
     for i in (0..full).step_by(16) {
@@ -186,7 +187,7 @@ unsafe fn finish<const R: usize>(
     cols: usize,
     epi: TileEpilogue,
 ) {
-    let mk = masks(cols);
+    let mk = masks::<NV>(cols);
     let mut b = [_mm512_setzero_ps(); NV];
     for v in 0..NV {
         b[v] = _mm512_maskz_loadu_ps(mk[v], bias.add(16 * v));
@@ -514,14 +515,7 @@ pub unsafe fn rows_x64<const R: usize>(
     ldc: usize,
     cols: usize,
 ) {
-    let n = |v: usize| cols.saturating_sub(16 * v).min(16);
-    let mk = [0, 1, 2, 3].map(|v| {
-        if n(v) == 16 {
-            u16::MAX
-        } else {
-            ((1u32 << n(v)) - 1) as u16
-        }
-    });
+    let mk = masks::<4>(cols);
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     let mut rows = [a; R];
     for (r, p) in rows.iter_mut().enumerate() {
@@ -569,14 +563,7 @@ pub unsafe fn rows_x64_bf16<const R: usize>(
     ldc: usize,
     cols: usize,
 ) {
-    let n = |v: usize| cols.saturating_sub(16 * v).min(16);
-    let mk = [0, 1, 2, 3].map(|v| {
-        if n(v) == 16 {
-            u16::MAX
-        } else {
-            ((1u32 << n(v)) - 1) as u16
-        }
-    });
+    let mk = masks::<4>(cols);
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     let mut rows = [a.cast::<i32>(); R];
     for (r, p) in rows.iter_mut().enumerate() {

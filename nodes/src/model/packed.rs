@@ -455,14 +455,14 @@ impl PackedLinear {
             }
             #[cfg(target_arch = "x86_64")]
             Weights::F32Panels(w) => {
-                let packed = match input {
-                    Input::Rows(a, ln) => Some(pack_rows_f32(a, m, k, ln)),
-                    Input::Tiles(_) => None,
-                };
-                let ap: &[f32] = match (&packed, input) {
-                    (Some(p), _) => p,
-                    (None, Input::Tiles(t)) => &t.data,
-                    (None, Input::Rows(..)) => unreachable!("packed above"),
+                // Packed here unless the previous layer handed its rows over packed (then `packed` stays empty).
+                let mut packed = Vec::new();
+                let ap: &[f32] = match input {
+                    Input::Rows(a, ln) => {
+                        packed = pack_rows_f32(a, m, k, ln);
+                        &packed
+                    }
+                    Input::Tiles(t) => &t.data,
                 };
                 if to_tiles {
                     out.reserve(m.div_ceil(MR) * n * MR);
@@ -493,9 +493,7 @@ impl PackedLinear {
                         }
                     },
                 );
-                if let Some(p) = packed {
-                    SCRATCH_F32.put(p);
-                }
+                SCRATCH_F32.put(packed);
                 // SAFETY: the tiles cover every element of the `[m, n]` output (or, as row tiles, of the
                 // `[tiles, n, 8]` blocks: rows past `m` written as zeros).
                 unsafe {
@@ -661,8 +659,9 @@ pub struct RowTiles {
 }
 
 impl RowTiles {
-    /// Row `r` (for tests and checks): `k` values.
-    pub fn row(&self, r: usize) -> Vec<f32> {
+    /// Row `r`: `k` values.
+    #[cfg(test)]
+    fn row(&self, r: usize) -> Vec<f32> {
         let (t, i) = (r / MR, r % MR);
         (0..self.k)
             .map(|kk| self.data[t * self.k * MR + kk * MR + i])

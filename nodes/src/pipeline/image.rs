@@ -161,8 +161,8 @@ mod tests {
         assert!(preview_nhwc(&x).is_err());
     }
 
-    /// The preview as it was first written (one 3-byte copy per output pixel): the fast one must give the same
-    /// bytes.
+    /// The preview's enlargement as it was first written (one 3-byte copy per output pixel): the fast one must give
+    /// the same bytes.
     fn preview_reference(x: &Tensor) -> Rgb8 {
         let (_, h, w, c) = x.dims4().unwrap();
         let first: Vec<f32> = x
@@ -172,29 +172,8 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let mut rgb = Vec::with_capacity(h * w * 3);
-        for px in first.chunks_exact(c) {
-            let (r, g, b) = match c {
-                1 => (px[0], px[0], px[0]),
-                3 => (px[0], px[1], px[2]),
-                4 => {
-                    let mut o = [0f32; 3];
-                    for (k, f) in SD15_LATENT_RGB.iter().enumerate() {
-                        for j in 0..3 {
-                            o[j] += px[k] * f[j];
-                        }
-                    }
-                    (o[0], o[1], o[2])
-                }
-                _ => {
-                    let m = px.iter().sum::<f32>() / c as f32;
-                    (m, m, m)
-                }
-            };
-            for v in [r, g, b] {
-                rgb.push(to_byte((v + 1.0) * 0.5));
-            }
-        }
+        // The colours are `preview_rgb`'s (unchanged); the enlargement is the one first written.
+        let rgb: Vec<u8> = first.chunks_exact(c).flat_map(preview_rgb).collect();
         let scale = 128usize.div_ceil(h.max(w).max(1)).clamp(1, 16);
         let (bw, bh) = (w * scale, h * scale);
         let mut big = Vec::with_capacity(bw * bh * 3);

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::sample::{self, SampleEvent, SampleOptions, SeededBatch, Start};
 use crate::solver::{Solver, SolverKind};
 use candle_core::Tensor;
+use odelt_contract::{ExecContext, PreviewImage};
 
 /// The sampler's settings (the node's widgets).
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +127,22 @@ pub struct Progress<'a> {
     pub value: u64,
     pub max: u64,
     pub preview: Option<&'a Rgb8>,
+}
+
+impl Progress<'_> {
+    /// Reports this progress (with its preview, if any) to the host through `ctx`: the sampler node's callback.
+    /// `false` when the host cancelled the run, which stops the sampler within one evaluation.
+    pub fn report(&self, ctx: &ExecContext<'_>) -> bool {
+        let r = match self.preview {
+            Some(img) => ctx.progress_with_preview(
+                self.value,
+                self.max,
+                PreviewImage::rgb8(img.width, img.height, &img.data),
+            ),
+            None => ctx.progress(self.value, self.max),
+        };
+        r.is_ok()
+    }
 }
 
 /// Runs the sampler: `latent` is the NCHW raw LATENT (its shape gives the batch; its values matter only when

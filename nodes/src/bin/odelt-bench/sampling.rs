@@ -119,19 +119,6 @@ extern "C" fn host_cancelled(data: *const ()) -> bool {
 
 extern "C" fn host_text(_: *const (), _: RStr<'_>) {}
 
-/// The sampler node's progress callback (plugin/src/sampler.rs), on `ctx`.
-fn node_progress(ctx: &ExecContext<'_>, p: Progress<'_>) -> bool {
-    let r = match p.preview {
-        Some(img) => ctx.progress_with_preview(
-            p.value,
-            p.max,
-            PreviewImage::rgb8(img.width, img.height, &img.data),
-        ),
-        None => ctx.progress(p.value, p.max),
-    };
-    r.is_ok()
-}
-
 /// Seconds of one call of `f`.
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t0 = Instant::now();
@@ -334,17 +321,18 @@ pub fn run(a: &SamplingArgs) -> Result<()> {
             }
             model::sync(&device)
         };
-        let node = || -> Result<()> {
-            let mut on_progress = |p: Progress<'_>| node_progress(&ctx, p);
+        let sample_node = |on_progress: &mut dyn FnMut(Progress<'_>) -> bool| -> Result<()> {
             drop(run_sampler(
                 &handle,
                 &a.device,
                 &latent,
                 &settings,
-                &mut on_progress,
+                on_progress,
             )?);
             model::sync(&device)
         };
+        // The sampler node's own callback (`Progress::report`, as plugin/src/sampler.rs calls it).
+        let node = || sample_node(&mut |p: Progress<'_>| p.report(&ctx));
         let batch = SeededBatch::new(
             0,
             &labels_t,
@@ -353,17 +341,7 @@ pub fn run(a: &SamplingArgs) -> Result<()> {
                 ..SampleOptions::new(Solver::Euler { steps })
             },
         );
-        let node_quiet = || -> Result<()> {
-            let mut on_progress = |_: Progress<'_>| true;
-            drop(run_sampler(
-                &handle,
-                &a.device,
-                &latent,
-                &settings,
-                &mut on_progress,
-            )?);
-            model::sync(&device)
-        };
+        let node_quiet = || sample_node(&mut |_: Progress<'_>| true);
         let with_preview = || -> Result<()> {
             let mut hook = |e: &SampleEvent<'_>| {
                 let p = e.prediction().ok().and_then(|p| preview_nhwc(&p).ok());
@@ -555,7 +533,7 @@ fn components(
                 max: 2,
                 preview: Some(&img),
             };
-            std::hint::black_box(node_progress(ctx, p));
+            std::hint::black_box(p.report(ctx));
             Ok(())
         })?,
     ));
