@@ -158,27 +158,41 @@ impl Browser {
 
     /// Evaluates a JS expression (promises awaited) and returns its JSON value.
     pub fn eval(&mut self, expr: &str) -> Json {
+        self.try_eval(expr)
+            .unwrap_or_else(|e| panic!("JS failed: {e}"))
+    }
+
+    /// [`Browser::eval`], with a thrown exception as the error.
+    fn try_eval(&mut self, expr: &str) -> Result<Json, String> {
         let r = self.call(
             "Runtime.evaluate",
             json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
         );
-        if let Some(e) = r.get("exceptionDetails") {
-            panic!("JS failed: {e}");
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.to_string()),
+            None => Ok(r["result"]["value"].clone()),
         }
-        r["result"]["value"].clone()
     }
 
-    /// Polls `expr` until it is truthy; returns it.
+    /// Polls `expr` until it is truthy; returns it. An expression that throws (the page still loading:
+    /// `document.body` null) counts as not yet; the last exception is reported on timeout.
     pub fn wait_for(&mut self, expr: &str, timeout: Duration) -> Json {
         let end = Instant::now() + timeout;
         loop {
-            let v = self.eval(expr);
+            let (v, err) = match self.try_eval(expr) {
+                Ok(v) => (v, None),
+                Err(e) => (Json::Null, Some(e)),
+            };
             let truthy =
                 !matches!(&v, Json::Null | Json::Bool(false)) && v != json!("") && v != json!(0);
             if truthy {
                 return v;
             }
-            assert!(Instant::now() < end, "timed out waiting for {expr}");
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {expr}{}",
+                err.map_or(String::new(), |e| format!(" (last JS exception: {e})"))
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
