@@ -270,7 +270,7 @@ fn products_for(bf16: bool) -> Products {
     match CpuKernels::detect() {
         CpuKernels::Avx512 { bf16: true } if bf16 => Products::Avx512Bf16,
         CpuKernels::Avx512 { .. } => Products::Avx512,
-        CpuKernels::Portable => Products::Gemm,
+        CpuKernels::Portable | CpuKernels::Blas => Products::Gemm,
     }
 }
 

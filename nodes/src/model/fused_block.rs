@@ -240,11 +240,14 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    /// The portable kernels, plus the AVX-512 ones where this CPU has them.
+    /// The portable kernels, plus the system BLAS in a `blas` build and the AVX-512 ones where this CPU has them.
     fn kernels_here() -> Vec<CpuKernels> {
         let mut ks = vec![CpuKernels::Portable];
-        if CpuKernels::detect() != CpuKernels::Portable {
-            ks.push(CpuKernels::detect());
+        if CpuKernels::Blas.supported() {
+            ks.push(CpuKernels::Blas);
+        }
+        if let d @ CpuKernels::Avx512 { .. } = CpuKernels::detect() {
+            ks.push(d);
         }
         ks
     }

@@ -15,6 +15,7 @@
 //! inference, as [`fused_block::FusedBlock`] (the same math with fused CPU kernels); likewise the final layer.
 
 mod avx512;
+pub mod blas;
 pub mod block;
 pub mod embed;
 mod fused;

@@ -5,7 +5,9 @@
 //! (zero-padded past `N`), in f32 or (AVX512-BF16) bf16 with rows interleaved in pairs, and multiplied by the
 //! tiles of [`super::avx512`]: the whole depth in registers, the bias, GELU or gated residual applied before the
 //! single store, the panels split across the rayon pool. Elsewhere (AVX2-only CPUs, or `ODELT_CPU_KERNELS=portable`)
-//! the kernel stays row-major and the product is the `gemm` crate's, followed by the same epilogue as a second pass.
+//! the kernel stays row-major and the product is the `gemm` crate's, followed by the same epilogue as a second pass;
+//! a build with the `blas` feature multiplies those row-major layers with the system CBLAS instead ([`super::blas`];
+//! `ODELT_CPU_KERNELS=blas` selects it on AVX-512 CPUs too).
 //!
 //! Why our own kernel (measured in docs/benchmarks.md): the `gemm` crate under candle packs the weights on every
 //! call, cannot fuse the element-wise work that follows each product, and has no bf16 dot-product kernel.
@@ -36,22 +38,39 @@ pub enum CpuKernels {
     Avx512 { bf16: bool },
     /// The `gemm` crate plus a separate epilogue pass (f32 only).
     Portable,
+    /// The system CBLAS's `sgemm` plus the same epilogue pass (f32 only; builds with the `blas` feature).
+    Blas,
 }
 
 impl CpuKernels {
-    /// Detected once per process from the CPU; `ODELT_CPU_KERNELS=portable` (read at the first call) forces the
-    /// portable path, for comparisons and to test it on AVX-512 machines.
+    /// Detected once per process from the CPU: the AVX-512 tiles where they run, else the system BLAS in a `blas`
+    /// build, else the `gemm` crate. `ODELT_CPU_KERNELS` (read at the first call) overrides it with `portable`, or
+    /// `blas` in a `blas` build, for comparisons and to test those paths on AVX-512 machines; any other value is
+    /// reported on stderr and ignored.
     pub fn detect() -> Self {
         static DETECTED: OnceLock<CpuKernels> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            if std::env::var("ODELT_CPU_KERNELS").is_ok_and(|v| v == "portable") {
-                return CpuKernels::Portable;
+            match std::env::var("ODELT_CPU_KERNELS").as_deref() {
+                Ok("portable") => return CpuKernels::Portable,
+                Ok("blas") if CpuKernels::Blas.supported() => return CpuKernels::Blas,
+                Ok("") | Err(_) => {}
+                Ok(other) => eprintln!(
+                    "odelt: ignoring ODELT_CPU_KERNELS={other:?}: expected `portable`{}",
+                    if CpuKernels::Blas.supported() {
+                        " or `blas`"
+                    } else {
+                        " (or `blas` in a build with the `blas` feature)"
+                    }
+                ),
             }
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return CpuKernels::Avx512 {
                     bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
                 };
+            }
+            if CpuKernels::Blas.supported() {
+                return CpuKernels::Blas;
             }
             CpuKernels::Portable
         })
@@ -61,6 +80,7 @@ impl CpuKernels {
     pub fn supported(self) -> bool {
         match self {
             CpuKernels::Portable => true,
+            CpuKernels::Blas => super::blas::LINKED,
             #[cfg(target_arch = "x86_64")]
             CpuKernels::Avx512 { bf16 } => {
                 std::arch::is_x86_feature_detected!("avx512f")
@@ -82,6 +102,7 @@ impl CpuKernels {
             CpuKernels::Avx512 { bf16: true } => "odelt avx512 (+bf16)",
             CpuKernels::Avx512 { bf16: false } => "odelt avx512",
             CpuKernels::Portable => "gemm crate (portable)",
+            CpuKernels::Blas => "system BLAS",
         }
     }
 }
@@ -127,7 +148,11 @@ impl LnRows<'_> {
 enum Weights {
     F32Panels(Vec<f32>),
     Bf16Panels(Vec<u16>),
-    RowMajor(Vec<f32>),
+    /// Row-major `[K, N]`, multiplied by the `gemm` crate or (`blas`) the system CBLAS.
+    RowMajor {
+        w: Vec<f32>,
+        blas: bool,
+    },
 }
 
 /// A dense layer `[K] -> [N]` with its kernel packed for [`PackedLinear::forward`]. Cloning shares the weights.
@@ -181,7 +206,10 @@ impl PackedLinear {
         }
         let panels = n.div_ceil(NR);
         let weights = match (kernels, format) {
-            (CpuKernels::Portable, WeightFormat::F32) => Weights::RowMajor(kernel.to_vec()),
+            (CpuKernels::Portable | CpuKernels::Blas, WeightFormat::F32) => Weights::RowMajor {
+                w: kernel.to_vec(),
+                blas: kernels == CpuKernels::Blas,
+            },
             (CpuKernels::Avx512 { .. }, WeightFormat::F32) => {
                 let mut w = vec![0f32; panels * k * NR];
                 w.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
@@ -247,7 +275,7 @@ impl PackedLinear {
         let (k, n) = (self.k, self.n);
         let mut out = vec![0f32; k * n];
         match &*self.weights {
-            Weights::RowMajor(w) => out.copy_from_slice(w),
+            Weights::RowMajor { w, .. } => out.copy_from_slice(w),
             Weights::F32Panels(w) => {
                 for kk in 0..k {
                     for j in 0..n {
@@ -418,7 +446,7 @@ impl PackedLinear {
         out.clear();
         out.reserve(m * n);
         match &*self.weights {
-            Weights::RowMajor(w) => {
+            &Weights::RowMajor { ref w, blas } => {
                 let Input::Rows(a, ln) = input else {
                     unreachable!("checked above: row tiles need f32 panels")
                 };
@@ -436,16 +464,20 @@ impl PackedLinear {
                         &normed
                     }
                 };
-                // SAFETY: the extents match the strides given (checked above).
-                unsafe {
-                    gemm_rows(
-                        (m, n, k),
-                        out.as_mut_ptr(),
-                        n,
-                        (a.as_ptr(), 1, k as isize),
-                        (w.as_ptr(), 1, n as isize),
-                        gemm::Parallelism::Rayon(rayon::current_num_threads().max(1)),
-                    );
+                if blas {
+                    super::blas::sgemm(m, n, k, a, w, out)?;
+                } else {
+                    // SAFETY: the extents match the strides given (checked above).
+                    unsafe {
+                        gemm_rows(
+                            (m, n, k),
+                            out.as_mut_ptr(),
+                            n,
+                            (a.as_ptr(), 1, k as isize),
+                            (w.as_ptr(), 1, n as isize),
+                            gemm::Parallelism::Rayon(rayon::current_num_threads().max(1)),
+                        );
+                    }
                 }
                 portable_epilogue(out, n, &self.bias, epi);
             }
@@ -713,9 +745,9 @@ fn transpose_rows<T: Copy>(rows: [&[T]; MR], dst: &mut [T]) {
     assert!(rows.iter().all(|r| r.len() == k) && dst.len() == k * MR);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if CpuKernels::detect() != CpuKernels::Portable {
+    if std::arch::is_x86_feature_detected!("avx512f") {
         while done + 16 <= k {
-            // SAFETY: AVX-512F is present (the kernels were detected); each row holds 16 values from `done` and
+            // SAFETY: AVX-512F is present (just detected); each row holds 16 values from `done` and
             // `dst` 128 from `done * MR` (the lengths asserted above); 4-byte values move as f32 bits.
             unsafe {
                 avx512::transpose_8x16(
@@ -1034,6 +1066,9 @@ mod tests {
 
     fn kernels_here() -> Vec<CpuKernels> {
         let mut ks = vec![CpuKernels::Portable];
+        if CpuKernels::Blas.supported() {
+            ks.push(CpuKernels::Blas);
+        }
         if let d @ CpuKernels::Avx512 { .. } = CpuKernels::detect() {
             ks.push(d);
         }

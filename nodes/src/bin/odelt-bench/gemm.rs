@@ -1,6 +1,6 @@
 //! `odelt-bench gemm`: the products of one DiT block at a batch, timed on every CPU kernel this build has: candle's
-//! matmul (the `gemm` crate), the packed f32 layers of the fused path, and their bf16 form where the CPU has
-//! AVX512-BF16, each reading its weights from memory as in a forward (distinct copies cycled past the L3).
+//! matmul (the `gemm` crate), the system BLAS's `sgemm` in a `blas` build, the packed f32 layers of the fused path,
+//! and their bf16 form where the CPU has AVX512-BF16, each reading its weights from memory as in a forward (distinct copies cycled past the L3).
 
 mod peak;
 
@@ -67,16 +67,19 @@ fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 /// GFLOP/s of each kernel on each shape, in the order of `kernels()`.
-pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<&'static str>, Vec<Vec<f64>>)> {
+pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<String>, Vec<Vec<f64>>)> {
     let here = CpuKernels::detect();
-    let mut names = vec!["candle matmul (gemm crate)"];
+    let mut names = vec!["candle matmul (gemm crate)".to_string()];
     let mut packed = vec![(CpuKernels::Portable, WeightFormat::F32)];
-    if here != CpuKernels::Portable {
-        names.push("odelt packed f32");
+    if let Some(lib) = odelt_nodes::model::blas::library() {
+        names.push(format!("system BLAS sgemm ({lib})"));
+    }
+    if matches!(here, CpuKernels::Avx512 { .. }) {
+        names.push("odelt packed f32".to_string());
         packed.push((here, WeightFormat::F32));
     }
     if here.has_bf16() {
-        names.push("odelt packed bf16");
+        names.push("odelt packed bf16".to_string());
         packed.push((here, WeightFormat::Bf16));
     }
     let mut rows = Vec::new();
@@ -103,6 +106,16 @@ pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<&'static str>, Vec<
             })? / 1e9,
         );
         drop(wts);
+        if odelt_nodes::model::blas::LINKED {
+            let mut c = vec![0f32; s.m * s.n];
+            row.push(
+                flop / time(runs, || {
+                    i = (i + 1) % copies;
+                    odelt_nodes::model::blas::sgemm(s.m, s.n, s.k, &a, &ws[i], &mut c)?;
+                    Ok(())
+                })? / 1e9,
+            );
+        }
         // The portable packed layer is the same `gemm` call plus the bias pass: skip it, the candle row stands for it.
         for &(kernels, format) in &packed[1..] {
             let layers = ws

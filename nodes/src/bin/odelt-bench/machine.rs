@@ -64,12 +64,13 @@ pub fn cpu_share(cpu_s: f64, wall_s: f64, cores: usize) -> f64 {
 /// [`RefMatmul::BURST_S`], so that on a shared machine its samples see the same kind of preemption as the
 /// seconds-long forwards (a single 40 ms product often fits between two preemptions and flatters the reference).
 /// On the CPU the references are candle's matmul (the `gemm` crate) and, where they run, the packed f32 and bf16
-/// layers of the fused forward ([`RefMatmul::packed`]): the forward is stated against the best of its precision.
+/// layers of the fused forward ([`RefMatmul::packed`]) and the system BLAS's `sgemm` of a `blas` build
+/// ([`RefMatmul::blas`]): the forward is stated against the best of its precision.
 pub struct RefMatmul {
     a: Tensor,
     b: Tensor,
     a_host: Vec<f32>,
-    packed: Option<PackedLinear>,
+    host: Host,
     device: Device,
     /// What multiplies (for the report).
     pub kernel: String,
@@ -89,33 +90,54 @@ impl RefMatmul {
 
     /// The packed CPU layer of the fused forward, in `format`.
     pub fn packed(n: usize, format: WeightFormat, kernels: CpuKernels) -> Result<Self> {
-        Self::build(n, &Device::Cpu, Some((format, kernels)))
+        Self::build(n, &Device::Cpu, Some(Some((format, kernels))))
     }
 
+    /// The system BLAS's `sgemm` (a build with the `blas` feature).
+    pub fn blas(n: usize) -> Result<Self> {
+        Self::build(n, &Device::Cpu, Some(None))
+    }
+
+    /// `host`: `None` for candle, `Some(None)` for the BLAS, `Some(Some(..))` for a packed layer.
     fn build(
         n: usize,
         device: &Device,
-        packed: Option<(WeightFormat, CpuKernels)>,
+        host: Option<Option<(WeightFormat, CpuKernels)>>,
     ) -> Result<Self> {
         let mut rng = XorShift::new(11);
         let a: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let b: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
-        let (layer, kernel, format) = match packed {
-            None => (None, gemm_kernel(device).to_string(), WeightFormat::F32),
-            Some((format, kernels)) => {
+        let (host, kernel, format) = match host {
+            None => (
+                Host::Candle,
+                gemm_kernel(device).to_string(),
+                WeightFormat::F32,
+            ),
+            Some(None) => (
+                Host::Blas {
+                    b: b.clone(),
+                    c: std::cell::RefCell::new(vec![0.0; n * n]),
+                },
+                format!(
+                    "system BLAS sgemm ({})",
+                    odelt_nodes::model::blas::library().unwrap_or("not built")
+                ),
+                WeightFormat::F32,
+            ),
+            Some(Some((format, kernels))) => {
                 let layer = PackedLinear::pack(&b, &vec![0.0; n], n, n, format, kernels)?;
                 let name = match format {
                     WeightFormat::F32 => "odelt packed f32",
                     WeightFormat::Bf16 => "odelt packed bf16",
                 };
-                (Some(layer), name.to_string(), format)
+                (Host::Packed(layer), name.to_string(), format)
             }
         };
         let mut r = RefMatmul {
             a: Tensor::from_slice(&a, (n, n), device)?,
             b: Tensor::from_vec(b, (n, n), device)?,
             a_host: a,
-            packed: layer,
+            host,
             device: device.clone(),
             kernel,
             format,
@@ -134,9 +156,17 @@ impl RefMatmul {
         for _ in 0..bursts {
             let t0 = Instant::now();
             for _ in 0..self.per_burst {
-                match &self.packed {
-                    Some(layer) => drop(layer.forward(&self.a_host, n, Epilogue::Bias)?),
-                    None => {
+                match &self.host {
+                    Host::Packed(layer) => drop(layer.forward(&self.a_host, n, Epilogue::Bias)?),
+                    Host::Blas { b, c } => odelt_nodes::model::blas::sgemm(
+                        n,
+                        n,
+                        n,
+                        &self.a_host,
+                        b,
+                        &mut c.borrow_mut(),
+                    )?,
+                    Host::Candle => {
                         let c = self.a.matmul(&self.b)?;
                         model::sync(&self.device)?;
                         drop(c);
@@ -147,6 +177,17 @@ impl RefMatmul {
         }
         Ok(times)
     }
+}
+
+/// What multiplies a [`RefMatmul`] besides candle.
+enum Host {
+    Candle,
+    Packed(PackedLinear),
+    /// The right operand and the (reused) output of the system BLAS's `sgemm`.
+    Blas {
+        b: Vec<f32>,
+        c: std::cell::RefCell<Vec<f32>>,
+    },
 }
 
 /// Median (mean of the middle two for an even count); NaN for none.

@@ -97,11 +97,13 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
     }
     println!("odelt-bench");
     println!(
-        "machine: cpu `{}`, {} logical cores, candle threads {}, matmul kernels {}, load average {} (start)",
+        "machine: cpu `{}`, {} logical cores, candle threads {}, matmul kernels {}, fused CPU layers {}, load \
+         average {} (start)",
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         candle_core::utils::get_num_threads(),
         gemm_kernel(&device),
+        CpuKernels::detect().name(),
         loadavg()
     );
     println!("device: {}", a.device);
@@ -142,7 +144,10 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
 
     let mut refs = vec![RefMatmul::new(a.matmul_size, &device)?];
     let kernels = CpuKernels::detect();
-    if device.is_cpu() && kernels != CpuKernels::Portable {
+    if device.is_cpu() && odelt_nodes::model::blas::LINKED {
+        refs.push(RefMatmul::blas(a.matmul_size)?);
+    }
+    if device.is_cpu() && matches!(kernels, CpuKernels::Avx512 { .. }) {
         refs.push(RefMatmul::packed(
             a.matmul_size,
             WeightFormat::F32,
