@@ -2,9 +2,10 @@
 //! the accumulators in registers (`R <= MR` rows of `NV` 16-lane vectors: 8 x 3 = 24 accumulators), then the layer's
 //! epilogue (bias, tanh-GELU or gated residual) applied in registers before the one store.
 //!
-//! Two tiles: f32 (`vfmadd231ps`, one broadcast row element per FMA) and bf16 (`vdpbf16ps`: each f32 lane gains
+//! Three tiles: f32 (`vfmadd231ps`, one broadcast row element per FMA), bf16 (`vdpbf16ps`: each f32 lane gains
 //! `a[k] w[k][j] + a[k+1] w[k+1][j]`, a bf16 pair of `A` broadcast against a panel whose rows come in interleaved
-//! pairs; f32 accumulation). Written here rather than taken from a crate because neither the `gemm` crate nor candle
+//! pairs; f32 accumulation); for CPUs where `vdpbf16ps` is slow, the bf16 panels are widened to f32 panels
+//! ([`widen_bf16_panel`]) for the f32 tile. Written here rather than taken from a crate because neither the `gemm` crate nor candle
 //! has a bf16 dot-product kernel, and because packing the weights once at load and fusing the epilogue is where the
 //! measured time went (docs/benchmarks.md): the `gemm` crate packs the right-hand side on every call and returns
 //! before any element-wise work.
@@ -377,6 +378,126 @@ pub unsafe fn tile_bf16<const R: usize>(
         ap = ap.add(MR);
     }
     finish::<R>(&acc, bias, c, ldc, cols, epi);
+}
+
+#[cfg(target_arch = "x86_64")]
+/// A bf16 panel of [`tile_bf16`] (`k.div_ceil(2)` rows of 96 bf16, depth pairs interleaved) widened into the
+/// `[k, 48]` f32 panel of [`tile_f32`] at `dst`: per 16 columns one load, the even depth shifted up and the odd one
+/// masked (both exact). For CPUs whose `vdpbf16ps` is slower than two FMAs, the bf16 layers widen each panel once
+/// per row block and multiply it with the f32 tile, which it then serves from L2 like an f32 panel.
+///
+/// # Safety
+/// AVX-512F and BW present; `w` readable for `k.div_ceil(2) * 96` values, `dst` writable for `k * 48`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn widen_bf16_panel(w: *const u16, k: usize, dst: *mut f32) {
+    for kk in 0..k.div_ceil(2) {
+        for v in 0..NV {
+            let words = _mm512_loadu_si512(w.add(2 * NR * kk + 32 * v).cast());
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(words));
+            _mm512_storeu_ps(dst.add(NR * 2 * kk + 16 * v), even);
+            if 2 * kk + 1 < k {
+                let odd = _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0xAAAA_AAAA, words));
+                _mm512_storeu_ps(dst.add(NR * (2 * kk + 1) + 16 * v), odd);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// One tile of bf16 weights and f32 activations without a widened panel: `a` an f32 row tile as for [`tile_f32`],
+/// `w` the bf16 panel of [`tile_bf16`], each depth pair's words widened in registers as in [`widen_bf16_panel`].
+/// Two extra operations per 16 FMAs, so only for products of one row tile (the adaLN rows), where widening a panel
+/// for one tile would double the panel's traffic.
+///
+/// # Safety
+/// As [`tile_f32`], with `w` readable for `k.div_ceil(2) * 96` bf16 values (AVX-512BW for the masked move).
+#[target_feature(enable = "avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn tile_bf16w<const R: usize>(
+    k: usize,
+    a: *const f32,
+    w: *const u16,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+    next: Ahead,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    let mut ap = a;
+    let mut wp = w;
+    for kk in 0..k.div_ceil(2) {
+        if kk < next.lines {
+            _mm_prefetch::<_MM_HINT_T1>(next.ptr.add(64 * kk));
+        }
+        if kk < R {
+            prefetch_destination(kk, c, ldc, cols, &epi);
+        }
+        let mut wv = [_mm512_setzero_si512(); NV];
+        for v in 0..NV {
+            _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 32 * v).cast());
+            wv[v] = _mm512_loadu_si512(wp.add(32 * v).cast());
+        }
+        for v in 0..NV {
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wv[v]));
+            for r in 0..R {
+                acc[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(r)), even, acc[r][v]);
+            }
+        }
+        if 2 * kk + 1 < k {
+            for v in 0..NV {
+                let odd = _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0xAAAA_AAAA, wv[v]));
+                for r in 0..R {
+                    acc[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(MR + r)), odd, acc[r][v]);
+                }
+            }
+        }
+        wp = wp.add(2 * NR);
+        // Wrapping: past an odd depth's last pair this points beyond the row tile (never read).
+        ap = ap.wrapping_add(2 * MR);
+    }
+    finish::<R>(&acc, bias, c, ldc, cols, epi);
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Independent accumulators of [`chains_f32`] and [`chains_bf16`] (more than either instruction's latency times
+/// its throughput; 24 made the compiler spill them).
+pub const CHAINS: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+/// `iters` rounds of [`CHAINS`] independent 16-lane FMAs, registers only: the f32 arithmetic peak.
+///
+/// # Safety
+/// AVX-512F present.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn chains_f32(iters: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    let x = _mm512_set1_ps(std::hint::black_box(0.999_9));
+    let y = _mm512_set1_ps(std::hint::black_box(1e-4));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, x, y);
+        }
+    }
+    acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+/// [`chains_f32`] with `vdpbf16ps` (two bf16 products and sums per f32 lane).
+///
+/// # Safety
+/// AVX512-BF16 present.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn chains_bf16(iters: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    let x: __m512bh = std::mem::transmute(_mm512_set1_epi16(std::hint::black_box(0x3f80)));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbf16_ps(*a, x, x);
+        }
+    }
+    acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::layers::LN_EPS;
-use super::packed::{gemm_rows, CpuKernels, WeightFormat};
+use super::packed::{gemm_rows, Bf16Products, CpuKernels, WeightFormat};
 
 /// How the fused CPU path stores a model's block weights for this device, dtype and mode, if it applies: f32
 /// models as f32, bf16 models as bf16 where the CPU multiplies bf16 (AVX512-BF16); inference only. Elsewhere
@@ -265,10 +265,15 @@ pub fn attention_into(
     attention_rows(qkv, (b, t, three_h), num_heads, products_for(bf16), out)
 }
 
-/// The products for this CPU: bf16 tiles for the bf16 model where AVX512-BF16 exists.
+/// The products for this CPU: bf16 tiles for the bf16 model where its layers use `vdpbf16ps` ([`Bf16Products`]),
+/// f32 tiles elsewhere on AVX-512 (the bf16 model's layers then widen their weights and keep f32 activations).
 fn products_for(bf16: bool) -> Products {
     match CpuKernels::detect() {
-        CpuKernels::Avx512 { bf16: true } if bf16 => Products::Avx512Bf16,
+        CpuKernels::Avx512 { bf16: true }
+            if bf16 && Bf16Products::detect() == Bf16Products::Dot =>
+        {
+            Products::Avx512Bf16
+        }
         CpuKernels::Avx512 { .. } => Products::Avx512,
         CpuKernels::Portable | CpuKernels::Blas => Products::Gemm,
     }

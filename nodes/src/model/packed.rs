@@ -14,6 +14,8 @@
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
@@ -29,6 +31,125 @@ pub enum WeightFormat {
     F32,
     /// bf16 weights, activations rounded to bf16 for the product, f32 accumulation and epilogue (AVX512-BF16).
     Bf16,
+}
+
+/// How bf16 weights are multiplied on an AVX-512 CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Products {
+    /// `vdpbf16ps`: the activations rounded to bf16 too, two products per f32 lane and instruction (AVX512-BF16).
+    Dot,
+    /// The bf16 weights widened to f32 panels ([`avx512::widen_bf16_panel`]; in registers for a single row tile),
+    /// f32 activations and FMAs.
+    Widen,
+}
+
+impl Bf16Products {
+    /// Chosen once per process: `Dot` where the CPU has AVX512-BF16 and its `vdpbf16ps` does at least 1.3x the
+    /// FLOP of its FMA (a register-only probe of about a millisecond: 2.0x on AMD Zen 5, 0.5x on an Intel Xeon
+    /// without AMX, docs/benchmarks.md), else `Widen`. `ODELT_BF16_PRODUCTS=dot` or `widen` (read at the first
+    /// call) overrides the probe; `dot` is ignored, with a message, where the CPU lacks the instruction.
+    pub fn detect() -> Self {
+        static DETECTED: OnceLock<Bf16Products> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            match std::env::var("ODELT_BF16_PRODUCTS").as_deref() {
+                Ok("widen") => return Bf16Products::Widen,
+                Ok("dot") if Bf16Products::Dot.supported() => return Bf16Products::Dot,
+                Ok("") | Err(_) => {}
+                Ok(other) => eprintln!(
+                    "odelt: ignoring ODELT_BF16_PRODUCTS={other:?}: expected `widen`{}",
+                    if Bf16Products::Dot.supported() {
+                        " or `dot`"
+                    } else {
+                        " (this CPU has no AVX512-BF16 for `dot`)"
+                    }
+                ),
+            }
+            if Bf16Products::Dot.supported() && dot_over_fma_rate() >= 1.3 {
+                Bf16Products::Dot
+            } else {
+                Bf16Products::Widen
+            }
+        })
+    }
+
+    /// Whether this CPU can run these products.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && (self == Bf16Products::Widen
+                    || std::arch::is_x86_feature_detected!("avx512bf16"))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// A short name for benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Products::Dot => "bf16 dot products (vdpbf16ps)",
+            Bf16Products::Widen => "bf16 weights widened to f32 FMAs",
+        }
+    }
+}
+
+/// The last bf16 panel this thread widened to f32 (`Bf16Products::Widen`): a task's tiles of one panel follow each
+/// other, so each panel is widened once per row block (1/16 of its tiles at 128 rows) instead of inside every tile,
+/// where the two extra operations per 16 FMAs cost 12-16 % on a CPU whose FMA ports also do the shifts.
+#[derive(Default)]
+struct Widened {
+    /// (layer id, panel) of `data`.
+    panel: Option<(u64, usize)>,
+    data: Vec<f32>,
+}
+
+thread_local! {
+    static WIDENED: RefCell<Widened> = RefCell::default();
+}
+
+/// FLOP of register-only `vdpbf16ps` chains over f32 FMA chains, each the best of three short passes.
+fn dot_over_fma_rate() -> f64 {
+    const ITERS: usize = 20_000;
+    let (mut fma, mut dot) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        for bf16 in [false, true] {
+            let t0 = std::time::Instant::now();
+            let done = arithmetic_chains(bf16, ITERS);
+            let s = t0.elapsed().as_secs_f64().max(1e-9);
+            if done.is_some() {
+                *(if bf16 { &mut dot } else { &mut fma }) = s.min(if bf16 { dot } else { fma });
+            }
+        }
+    }
+    // A dot product does twice the FLOP of an FMA per lane.
+    2.0 * fma / dot
+}
+
+/// `iters` rounds of [`avx512::CHAINS`] independent 16-lane f32 FMAs (or `vdpbf16ps` with `bf16`) in registers on
+/// the calling thread: the FLOP done, or `None` where the CPU lacks the instruction. The probe of
+/// [`Bf16Products::detect`] and of `odelt-bench gemm`'s arithmetic peak.
+pub fn arithmetic_chains(bf16: bool, iters: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let flop = (iters * avx512::CHAINS * 16) as f64 * if bf16 { 4.0 } else { 2.0 };
+        if bf16 && std::arch::is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the feature was just detected.
+            std::hint::black_box(unsafe { avx512::chains_bf16(iters) });
+            return Some(flop);
+        }
+        if !bf16 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: as above.
+            std::hint::black_box(unsafe { avx512::chains_f32(iters) });
+            return Some(flop);
+        }
+        None
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (bf16, iters);
+        None
+    }
 }
 
 /// The CPU kernels this process uses.
@@ -91,15 +212,15 @@ impl CpuKernels {
         }
     }
 
-    /// Whether the bf16 format can be multiplied here.
+    /// Whether the bf16 format can be multiplied here (on any AVX-512 CPU: see [`Bf16Products`]).
     pub fn has_bf16(self) -> bool {
-        matches!(self, CpuKernels::Avx512 { bf16: true })
+        matches!(self, CpuKernels::Avx512 { .. }) && Bf16Products::Widen.supported()
     }
 
     /// A short name for benchmark tables.
     pub fn name(self) -> &'static str {
         match self {
-            CpuKernels::Avx512 { bf16: true } => "odelt avx512 (+bf16)",
+            CpuKernels::Avx512 { bf16: true } => "odelt avx512 (+avx512bf16)",
             CpuKernels::Avx512 { bf16: false } => "odelt avx512",
             CpuKernels::Portable => "gemm crate (portable)",
             CpuKernels::Blas => "system BLAS",
@@ -147,7 +268,13 @@ impl LnRows<'_> {
 #[derive(Debug)]
 enum Weights {
     F32Panels(Vec<f32>),
-    Bf16Panels(Vec<u16>),
+    /// Pair-interleaved bf16 panels, multiplied as `products` says.
+    Bf16Panels {
+        w: Vec<u16>,
+        products: Bf16Products,
+        /// Names the panels in [`WIDENED`].
+        id: u64,
+    },
     /// Row-major `[K, N]`, multiplied by the `gemm` crate or (`blas`) the system CBLAS.
     RowMajor {
         w: Vec<f32>,
@@ -182,7 +309,8 @@ fn row_block(k: usize, bytes: usize) -> usize {
 const MIN_BLOCK_ROWS: usize = 16 * MR;
 
 impl PackedLinear {
-    /// Packs a row-major `[k, n]` kernel and its `[n]` bias for `kernels`. `Bf16` needs AVX512-BF16.
+    /// Packs a row-major `[k, n]` kernel and its `[n]` bias for `kernels`. `Bf16` needs AVX-512 and is multiplied
+    /// by [`Bf16Products::detect`]'s products.
     pub fn pack(
         kernel: &[f32],
         bias: &[f32],
@@ -190,6 +318,19 @@ impl PackedLinear {
         n: usize,
         format: WeightFormat,
         kernels: CpuKernels,
+    ) -> Result<Self> {
+        Self::pack_with(kernel, bias, k, n, format, kernels, Bf16Products::detect())
+    }
+
+    /// [`PackedLinear::pack`] with the bf16 products chosen by the caller (benchmarks and tests compare both).
+    pub fn pack_with(
+        kernel: &[f32],
+        bias: &[f32],
+        k: usize,
+        n: usize,
+        format: WeightFormat,
+        kernels: CpuKernels,
+        products: Bf16Products,
     ) -> Result<Self> {
         if kernel.len() != k * n || bias.len() != n || k == 0 || n == 0 {
             return Err(Error::invalid(format!(
@@ -220,7 +361,7 @@ impl PackedLinear {
                 });
                 Weights::F32Panels(w)
             }
-            (CpuKernels::Avx512 { bf16: true }, WeightFormat::Bf16) => {
+            (CpuKernels::Avx512 { .. }, WeightFormat::Bf16) if products.supported() => {
                 let pairs = k.div_ceil(2);
                 let mut w = vec![0u16; panels * pairs * 2 * NR];
                 w.par_chunks_mut(pairs * 2 * NR)
@@ -235,12 +376,22 @@ impl PackedLinear {
                             }
                         }
                     });
-                Weights::Bf16Panels(w)
+                static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+                Weights::Bf16Panels {
+                    w,
+                    products,
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                }
             }
             (_, WeightFormat::Bf16) => {
-                return Err(Error::invalid(
-                    "bf16 CPU layers need a CPU with AVX512-BF16".to_string(),
-                ))
+                return Err(Error::invalid(format!(
+                    "bf16 CPU layers need a CPU with AVX-512{}",
+                    if products == Bf16Products::Dot {
+                        " and AVX512-BF16 (for the dot products)"
+                    } else {
+                        ""
+                    }
+                )))
             }
         };
         Ok(PackedLinear {
@@ -261,7 +412,7 @@ impl PackedLinear {
 
     pub fn format(&self) -> WeightFormat {
         match *self.weights {
-            Weights::Bf16Panels(_) => WeightFormat::Bf16,
+            Weights::Bf16Panels { .. } => WeightFormat::Bf16,
             _ => WeightFormat::F32,
         }
     }
@@ -283,7 +434,7 @@ impl PackedLinear {
                     }
                 }
             }
-            Weights::Bf16Panels(w) => {
+            Weights::Bf16Panels { w, .. } => {
                 let pairs = k.div_ceil(2);
                 for kk in 0..k {
                     for j in 0..n {
@@ -316,9 +467,25 @@ impl PackedLinear {
         self.forward_inner(Input::Rows(a, None), m, epi, out, false)
     }
 
-    /// Whether this layer can hand its output to the next one as [`RowTiles`] and take them as input (f32 panels).
+    /// Whether this layer can hand its output to the next one as [`RowTiles`] and take them as input: the layers
+    /// whose tiles read f32 row tiles (f32 panels, and bf16 panels with widened products).
     pub fn takes_row_tiles(&self) -> bool {
-        matches!(*self.weights, Weights::F32Panels(_))
+        matches!(
+            *self.weights,
+            Weights::F32Panels(_)
+                | Weights::Bf16Panels {
+                    products: Bf16Products::Widen,
+                    ..
+                }
+        )
+    }
+
+    /// How the bf16 weights are multiplied (`None` for f32 layers).
+    pub fn bf16_products(&self) -> Option<Bf16Products> {
+        match *self.weights {
+            Weights::Bf16Panels { products, .. } => Some(products),
+            _ => None,
+        }
     }
 
     /// [`PackedLinear::forward_ln`] with the output written straight into the packed input layout of the next
@@ -407,7 +574,7 @@ impl PackedLinear {
         }
         if (to_tiles || matches!(input, Input::Tiles(_))) && !self.takes_row_tiles() {
             return Err(Error::invalid(
-                "row tiles are only exchanged between f32 panel layers".to_string(),
+                "row tiles are only exchanged between layers of f32 row tiles".to_string(),
             ));
         }
         if to_tiles && matches!(epi, Epilogue::GatedResidual { .. }) {
@@ -482,11 +649,15 @@ impl PackedLinear {
                 portable_epilogue(out, n, &self.bias, epi);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Weights::F32Panels(_) | Weights::Bf16Panels(_) => {
+            Weights::F32Panels(_) | Weights::Bf16Panels { .. } => {
                 unreachable!("packed panels are only built on x86_64 (`pack` checks `supported`)")
             }
             #[cfg(target_arch = "x86_64")]
-            Weights::F32Panels(w) => {
+            Weights::F32Panels(_)
+            | Weights::Bf16Panels {
+                products: Bf16Products::Widen,
+                ..
+            } => {
                 // Packed here unless the previous layer handed its rows over packed (then `packed` stays empty).
                 let mut packed = Vec::new();
                 let ap: &[f32] = match input {
@@ -499,32 +670,49 @@ impl PackedLinear {
                 if to_tiles {
                     out.reserve(m.div_ceil(MR) * n * MR);
                 }
-                let panel_len = k * NR;
-                self.tiled(
-                    m,
-                    out.as_mut_ptr(),
-                    epi,
-                    to_tiles,
-                    |r0, rows, p, c, ldc, cols, te, next| {
-                        // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
-                        // points at row r0 / panel p of `out`; `next` names lines of an existing panel.
-                        unsafe {
-                            let next = ahead(w.as_ptr().cast(), panel_len * 4, next);
-                            tile_f32_dyn(
-                                rows,
-                                k,
-                                ap.as_ptr().add(r0 * k),
-                                w.as_ptr().add(p * k * NR),
-                                self.bias.as_ptr().add(p * NR),
-                                c,
-                                ldc,
-                                cols,
-                                te,
-                                next,
-                            )
+                let tile = |r0: usize, rows, p, c, ldc, cols, te, next| {
+                    // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
+                    // points at row r0 / panel p of `out`; `next` names lines of an existing panel.
+                    unsafe {
+                        let a = ap.as_ptr().add(r0 * k);
+                        let bias = self.bias.as_ptr().add(p * NR);
+                        match &*self.weights {
+                            Weights::F32Panels(w) => {
+                                let next = ahead(w.as_ptr().cast(), k * NR * 4, next);
+                                let w = w.as_ptr().add(p * k * NR);
+                                tile_f32_dyn(rows, k, a, w, bias, c, ldc, cols, te, next)
+                            }
+                            Weights::Bf16Panels { w, id, .. } => {
+                                let panel_len = k.div_ceil(2) * 2 * NR;
+                                let next = ahead(w.as_ptr().cast(), panel_len * 2, next);
+                                let w_panel = w.as_ptr().add(p * panel_len);
+                                if m <= MR {
+                                    // One tile per panel: widened in registers, not into a panel.
+                                    return tile_bf16w_dyn(
+                                        rows, k, a, w_panel, bias, c, ldc, cols, te, next,
+                                    );
+                                }
+                                WIDENED.with_borrow_mut(|wide| {
+                                    if wide.panel != Some((*id, p)) {
+                                        wide.data.clear();
+                                        wide.data.reserve(k * NR);
+                                        avx512::widen_bf16_panel(
+                                            w_panel,
+                                            k,
+                                            wide.data.as_mut_ptr(),
+                                        );
+                                        wide.data.set_len(k * NR);
+                                        wide.panel = Some((*id, p));
+                                    }
+                                    let w = wide.data.as_ptr();
+                                    tile_f32_dyn(rows, k, a, w, bias, c, ldc, cols, te, next)
+                                })
+                            }
+                            Weights::RowMajor { .. } => unreachable!("matched above"),
                         }
-                    },
-                );
+                    }
+                };
+                self.tiled(m, out.as_mut_ptr(), epi, to_tiles, tile);
                 SCRATCH_F32.put(packed);
                 // SAFETY: the tiles cover every element of the `[m, n]` output (or, as row tiles, of the
                 // `[tiles, n, 8]` blocks: rows past `m` written as zeros).
@@ -537,7 +725,11 @@ impl PackedLinear {
                 };
             }
             #[cfg(target_arch = "x86_64")]
-            Weights::Bf16Panels(w) => {
+            Weights::Bf16Panels {
+                w,
+                products: Bf16Products::Dot,
+                ..
+            } => {
                 let Input::Rows(a, ln) = input else {
                     unreachable!("checked above: row tiles need f32 panels")
                 };
@@ -594,7 +786,7 @@ impl PackedLinear {
         let tiles = m.div_ceil(MR);
         let mc = row_block(
             self.k,
-            if self.format() == WeightFormat::Bf16 {
+            if self.bf16_products() == Some(Bf16Products::Dot) {
                 2
             } else {
                 4
@@ -994,6 +1186,24 @@ unsafe fn tile_f32_dyn(
     avx512::by_rows!(rows, tile_f32, k, a, w, bias, c, ldc, cols, epi, next)
 }
 
+/// [`avx512::tile_bf16w`] for `rows` in 1..=8.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16w_dyn(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    w: *const u16,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+    next: Ahead,
+) {
+    avx512::by_rows!(rows, tile_bf16w, k, a, w, bias, c, ldc, cols, epi, next)
+}
+
 /// [`avx512::tile_bf16`] for `rows` in 1..=8.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
@@ -1097,12 +1307,17 @@ mod tests {
                 },
             ];
             for kernels in kernels_here() {
-                let mut formats = vec![WeightFormat::F32];
+                let mut formats = vec![(WeightFormat::F32, Bf16Products::Widen)];
                 if kernels.has_bf16() {
-                    formats.push(WeightFormat::Bf16);
+                    for products in [Bf16Products::Widen, Bf16Products::Dot] {
+                        if products.supported() {
+                            formats.push((WeightFormat::Bf16, products));
+                        }
+                    }
                 }
-                for format in formats {
-                    let layer = PackedLinear::pack(&w, &b, k, n, format, kernels).unwrap();
+                for (format, products) in formats {
+                    let layer =
+                        PackedLinear::pack_with(&w, &b, k, n, format, kernels, products).unwrap();
                     // The stored kernel round-trips exactly (f32) or as bf16 values.
                     let stored = layer.unpack();
                     for (s, v) in stored.iter().zip(&w) {
@@ -1118,10 +1333,13 @@ mod tests {
                     }
                     for epi in epis {
                         let got = layer.forward(&a, m, epi).unwrap();
-                        // bf16 rounds the inputs too: compare against the stored weights and rounded inputs.
-                        let (a_ref, tol) = match format {
-                            WeightFormat::F32 => (a.clone(), 1e-5),
-                            WeightFormat::Bf16 => (
+                        // bf16 dot products round the inputs too: compare against the stored weights and
+                        // rounded inputs (widened products keep the f32 inputs).
+                        let (a_ref, tol) = match (format, products) {
+                            (WeightFormat::F32, _) | (WeightFormat::Bf16, Bf16Products::Widen) => {
+                                (a.clone(), 1e-5)
+                            }
+                            (WeightFormat::Bf16, Bf16Products::Dot) => (
                                 a.iter()
                                     .map(|&x| f32::from_bits(u32::from(avx512::bf16_bits(x)) << 16))
                                     .collect(),
@@ -1132,7 +1350,7 @@ mod tests {
                         for (i, (g, r)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 (g - r).abs() <= tol * (1.0 + r.abs()) * (k as f32).sqrt(),
-                                "{kernels:?} {format:?} {epi:?} [{m}x{k}x{n}] element {i}: {g} vs {r}"
+                                "{kernels:?} {format:?} {products:?} {epi:?} [{m}x{k}x{n}] element {i}: {g} vs {r}"
                             );
                         }
                     }
@@ -1218,9 +1436,28 @@ mod tests {
             gate_stride: n2,
             rows_per_gate: 10,
         };
+        let mut layers = Vec::new();
         for kernels in kernels_here() {
-            let l1 = PackedLinear::pack(&w1, &b1, k, n1, WeightFormat::F32, kernels).unwrap();
-            let l2 = PackedLinear::pack(&w2, &b2, n1, n2, WeightFormat::F32, kernels).unwrap();
+            layers.push((kernels, WeightFormat::F32, Bf16Products::Widen));
+            if kernels.has_bf16() {
+                for products in [Bf16Products::Widen, Bf16Products::Dot] {
+                    if products.supported() {
+                        layers.push((kernels, WeightFormat::Bf16, products));
+                    }
+                }
+            }
+        }
+        for (kernels, format, products) in layers {
+            let pack = |w: &[f32], b: &[f32], k, n| {
+                PackedLinear::pack_with(w, b, k, n, format, kernels, products).unwrap()
+            };
+            let (l1, l2) = (pack(&w1, &b1, k, n1), pack(&w2, &b2, n1, n2));
+            // Widened bf16 layers exchange row tiles; `vdpbf16ps` ones take bf16 rows.
+            assert_eq!(
+                l1.takes_row_tiles(),
+                matches!(kernels, CpuKernels::Avx512 { .. })
+                    && (format == WeightFormat::F32 || products == Bf16Products::Widen)
+            );
             let u = l1.forward_ln(&x, m, ln, Epilogue::BiasGelu).unwrap();
             let want = l2.forward(&u, m, gated).unwrap();
             if !l1.takes_row_tiles() {
@@ -1238,7 +1475,7 @@ mod tests {
             assert_eq!(
                 l2.forward_tiles(&tiles, gated).unwrap(),
                 want,
-                "{kernels:?}"
+                "{kernels:?} {format:?} {products:?}"
             );
             // Shapes and epilogues that cannot be exchanged.
             assert!(l1.forward_tiles(&tiles, Epilogue::Bias).is_err());

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use odelt_nodes::model::packed::{CpuKernels, Epilogue, PackedLinear, WeightFormat};
+use odelt_nodes::model::packed::{Bf16Products, CpuKernels, Epilogue, PackedLinear, WeightFormat};
 use odelt_nodes::util::XorShift;
 
 use crate::machine::{self, median};
@@ -70,17 +70,23 @@ fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<String>, Vec<Vec<f64>>)> {
     let here = CpuKernels::detect();
     let mut names = vec!["candle matmul (gemm crate)".to_string()];
-    let mut packed = vec![(CpuKernels::Portable, WeightFormat::F32)];
+    let mut packed = vec![(CpuKernels::Portable, WeightFormat::F32, Bf16Products::Widen)];
     if let Some(lib) = odelt_nodes::model::blas::library() {
         names.push(format!("system BLAS sgemm ({lib})"));
     }
     if matches!(here, CpuKernels::Avx512 { .. }) {
         names.push("odelt packed f32".to_string());
-        packed.push((here, WeightFormat::F32));
+        packed.push((here, WeightFormat::F32, Bf16Products::Widen));
     }
     if here.has_bf16() {
-        names.push("odelt packed bf16".to_string());
-        packed.push((here, WeightFormat::Bf16));
+        // Both bf16 products where the CPU has both; the first is the one the model uses here.
+        let chosen = Bf16Products::detect();
+        for products in [chosen, other(chosen)] {
+            if products.supported() {
+                names.push(format!("odelt packed bf16, {}", short(products)));
+                packed.push((here, WeightFormat::Bf16, products));
+            }
+        }
     }
     let mut rows = Vec::new();
     for s in shapes {
@@ -117,10 +123,10 @@ pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<String>, Vec<Vec<f6
             );
         }
         // The portable packed layer is the same `gemm` call plus the bias pass: skip it, the candle row stands for it.
-        for &(kernels, format) in &packed[1..] {
+        for &(kernels, format, products) in &packed[1..] {
             let layers = ws
                 .iter()
-                .map(|w| PackedLinear::pack(w, &bias, s.k, s.n, format, kernels))
+                .map(|w| PackedLinear::pack_with(w, &bias, s.k, s.n, format, kernels, products))
                 .collect::<odelt_nodes::Result<Vec<_>>>()?;
             row.push(
                 flop / time(runs, || {
@@ -133,6 +139,20 @@ pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<String>, Vec<Vec<f6
         rows.push(row);
     }
     Ok((names, rows))
+}
+
+fn other(p: Bf16Products) -> Bf16Products {
+    match p {
+        Bf16Products::Dot => Bf16Products::Widen,
+        Bf16Products::Widen => Bf16Products::Dot,
+    }
+}
+
+fn short(p: Bf16Products) -> &'static str {
+    match p {
+        Bf16Products::Dot => "dot",
+        Bf16Products::Widen => "widened",
+    }
 }
 
 /// Prints the table.
@@ -151,6 +171,12 @@ pub fn run(hidden: usize, tokens: usize, batch: usize, square: usize, runs: usiz
         fmt(f32_peak),
         fmt(bf16_peak)
     );
+    if CpuKernels::detect().has_bf16() {
+        println!(
+            "bf16 layers of the model here: {} (the first bf16 column)",
+            Bf16Products::detect().name()
+        );
+    }
     let (names, rows) = measure(&shapes, runs)?;
     println!("| product | m x k x n | {} |", names.join(" | "));
     println!("|---|---|{}", "---|".repeat(names.len()));

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use odelt_nodes::model::packed::{CpuKernels, Epilogue, PackedLinear, WeightFormat};
+use odelt_nodes::model::packed::{Bf16Products, CpuKernels, Epilogue, PackedLinear, WeightFormat};
 use odelt_nodes::util::XorShift;
 
 use crate::model;
@@ -76,6 +76,8 @@ pub struct RefMatmul {
     pub kernel: String,
     /// The precision of the product.
     pub format: WeightFormat,
+    /// Its operands and accumulation, for the report (`f32`, `bf16 x bf16 -> f32`, ...).
+    pub operands: &'static str,
     /// Products per timed burst.
     pub per_burst: usize,
 }
@@ -107,6 +109,7 @@ impl RefMatmul {
         let mut rng = XorShift::new(11);
         let a: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let b: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
+        let mut operands = "f32";
         let (host, kernel, format) = match host {
             None => (
                 Host::Candle,
@@ -126,9 +129,16 @@ impl RefMatmul {
             ),
             Some(Some((format, kernels))) => {
                 let layer = PackedLinear::pack(&b, &vec![0.0; n], n, n, format, kernels)?;
-                let name = match format {
-                    WeightFormat::F32 => "odelt packed f32",
-                    WeightFormat::Bf16 => "odelt packed bf16",
+                let name = match (format, layer.bf16_products()) {
+                    (WeightFormat::F32, _) => "odelt packed f32",
+                    (WeightFormat::Bf16, Some(Bf16Products::Dot)) => {
+                        operands = "bf16 x bf16 -> f32";
+                        "odelt packed bf16"
+                    }
+                    (WeightFormat::Bf16, _) => {
+                        operands = "bf16 weights x f32 -> f32";
+                        "odelt packed bf16"
+                    }
                 };
                 (Host::Packed(layer), name.to_string(), format)
             }
@@ -141,6 +151,7 @@ impl RefMatmul {
             device: device.clone(),
             kernel,
             format,
+            operands,
             per_burst: 1,
         };
         // Warm-up, then size the bursts from the fastest of a few single products.

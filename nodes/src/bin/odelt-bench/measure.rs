@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use odelt_nodes::checkpoint::{self, LoadOptions};
-use odelt_nodes::model::packed::{CpuKernels, WeightFormat};
+use odelt_nodes::model::packed::{Bf16Products, CpuKernels, WeightFormat};
 use odelt_nodes::model::profile::{self, StageTime};
 use odelt_nodes::pipeline::Precision;
 use odelt_nodes::util::process_cpu_seconds;
@@ -40,6 +40,8 @@ pub struct MatmulTimes {
     /// The kernels the matmul ran ([`gemm_kernel`], or the packed layers).
     pub kernel: String,
     pub format: WeightFormat,
+    /// The operands and accumulation ([`RefMatmul::operands`]).
+    pub operands: &'static str,
 }
 
 impl MatmulTimes {
@@ -196,6 +198,7 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
                 per_burst: r.per_burst,
                 kernel: r.kernel.clone(),
                 format: r.format,
+                operands: r.operands,
             })
             .collect(),
         precision: a.precision,
@@ -246,6 +249,10 @@ fn latency(
             "precision {}: {}",
             a.precision.name(),
             match dit.cpu_weights() {
+                Some(WeightFormat::Bf16) => format!(
+                    "fused CPU kernels, Bf16 weights, f32 activations, {}",
+                    Bf16Products::detect().name()
+                ),
                 Some(f) => format!("fused CPU kernels, {f:?} weights, f32 activations"),
                 None => "the reference ops in that dtype".to_string(),
             }

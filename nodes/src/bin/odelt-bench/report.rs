@@ -2,8 +2,6 @@
 
 use anyhow::{Context, Result};
 
-use odelt_nodes::model::packed::WeightFormat;
-
 use crate::machine::loadavg;
 use crate::measure::{Profile, Results};
 use crate::BenchArgs;
@@ -19,7 +17,7 @@ pub fn print(a: &BenchArgs, res: &Results) -> Result<()> {
         println!(
             "reference matmul ({}): {n}x{n} @ {n}x{n} {}, median {:.1} ms per product over {} bursts of {} -> {:.1} GFLOP/s{}",
             m.kernel,
-            if m.format == WeightFormat::Bf16 { "bf16 x bf16 -> f32" } else { "f32" },
+            m.operands,
             m.median_s * 1e3,
             m.bursts,
             m.per_burst,
