@@ -234,8 +234,8 @@ fn train_resume_export_grid_eval() {
         "{csv}"
     );
 
-    // --precision bf16: every output names the precision and the kernels that ran (the fused bf16 ones on a CPU
-    // with AVX512-BF16, candle's reference bf16 ops elsewhere or with ODELT_CPU_KERNELS=portable).
+    // --precision bf16: every output names the precision and the kernels that ran (the fused bf16 ones on an AVX-512
+    // CPU, candle's reference bf16 ops elsewhere or with ODELT_CPU_KERNELS=portable).
     let has_bf16 = odelt_nodes::model::packed::CpuKernels::detect().has_bf16();
     for (portable, tag) in [
         (

@@ -112,7 +112,7 @@ impl Node for CheckpointLoader {
                 "precision",
                 InputSpec::combo(Precision::CHOICES)
                     .default("fp32")
-                    .tooltip("Compute precision of the DiT blocks: fp32 (exact); bf16 (bf16 weights and matmuls with f32 accumulation: half the memory, and faster on GPUs and on CPUs with AVX512-BF16); fp16 (GPUs)."),
+                    .tooltip("Compute precision of the DiT blocks: fp32 (exact); bf16 (bf16 weights and matmuls with f32 accumulation: half the memory, and faster on GPUs and on CPUs whose AVX512-BF16 dot products are fast; on other AVX-512 CPUs about f32's speed); fp16 (GPUs)."),
             )
             .output_with_tooltip(MODEL, "MODEL", "The model at its full depth; connect an ODE_l Depth Selector to sample at another length.")
     }

@@ -18,7 +18,7 @@
 //! ~1e-7, vectorisable) instead of `tanhf`.
 //!
 //! [`super::fused_block`] computes the block and the final layer with them when [`cpu_format`] says so (CPU inference in
-//! f32, or bf16 on CPUs with AVX512-BF16); CUDA, fp16, other bf16 and training use the reference ops of [`super::block`].
+//! f32, or bf16 on AVX-512 CPUs); CUDA, fp16, other bf16 and training use the reference ops of [`super::block`].
 
 use candle_core::backend::BackendStorage;
 #[cfg(test)]
@@ -34,8 +34,8 @@ use super::layers::LN_EPS;
 use super::packed::{gemm_rows, Bf16Products, CpuKernels, WeightFormat};
 
 /// How the fused CPU path stores a model's block weights for this device, dtype and mode, if it applies: f32
-/// models as f32, bf16 models as bf16 where the CPU multiplies bf16 (AVX512-BF16); inference only. Elsewhere
-/// (GPUs, fp16, bf16 without AVX512-BF16, training) the reference ops run.
+/// models as f32, bf16 models as bf16 where the CPU multiplies bf16 (AVX-512: see `Bf16Products`); inference only.
+/// Elsewhere (GPUs, fp16, bf16 without AVX-512, training) the reference ops run.
 pub fn cpu_format(device: &Device, dtype: DType, differentiable: bool) -> Option<WeightFormat> {
     if differentiable || !device.is_cpu() {
         return None;

@@ -1,5 +1,5 @@
 //! The fused CPU implementation of the DiT block and the final layer (inference): the math of [`super::block`] over
-//! the same weights, packed once into [`super::packed`] layers (f32, or bf16 where the CPU has AVX512-BF16) whose
+//! the same weights, packed once into [`super::packed`] layers (f32, or bf16 on AVX-512 CPUs) whose
 //! products carry the bias, GELU and gated residuals; LayerNorm + modulation and attention (reading q, k, v as
 //! strided views of the fused projection) from [`super::fused`]. Each stage is timed by [`super::profile`]
 //! (`odelt-bench --profile`).

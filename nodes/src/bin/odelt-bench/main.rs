@@ -133,8 +133,9 @@ struct BenchArgs {
     /// Also time each stage of one forward at the longest length and the largest batch (per-op breakdown; CPU).
     #[arg(long)]
     profile: bool,
-    /// Precision of the forward and the memory children: fp32, bf16 (on a CPU with AVX512-BF16: bf16 weights and
-    /// products, f32 accumulation, with a bf16 reference matmul) or fp16.
+    /// Precision of the forward and the memory children: fp32, bf16 (on an AVX-512 CPU: bf16 weights, f32 accumulation,
+    /// with a bf16 reference matmul; bf16 products where the CPU's vdpbf16ps is fast, else the weights widened to f32)
+    /// or fp16.
     #[arg(long, default_value = "fp32")]
     precision: odelt_nodes::pipeline::Precision,
 }

@@ -57,7 +57,7 @@ impl Drop for TempFile {
     }
 }
 
-/// Opens a checkpoint and loads the model in `dtype` (bf16 on a CPU with AVX512-BF16: the fused path's bf16
+/// Opens a checkpoint and loads the model in `dtype` (bf16 on an AVX-512 CPU: the fused path's bf16
 /// weights).
 pub fn open_model(
     path: &Path,

@@ -49,8 +49,8 @@ pub struct Args {
     guidance: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Precision of the model's blocks: fp32, bf16 or fp16. bf16 on a CPU with AVX512-BF16 runs the fused kernels
-    /// (bf16 weights and inputs, f32 accumulation), elsewhere candle's reference ops in that dtype; the outputs
+    /// Precision of the model's blocks: fp32, bf16 or fp16. bf16 on an AVX-512 CPU runs the fused kernels
+    /// (bf16 weights, f32 accumulation; the inputs rounded to bf16 too where vdpbf16ps is fast), elsewhere candle's reference ops in that dtype; the outputs
     /// say which ran.
     #[arg(long, default_value = "fp32")]
     precision: Precision,

@@ -13,7 +13,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<(Dit, Option<TrainOpti
     load_model_as(path, device, DType::F32)
 }
 
-/// [`load_model`] in another precision (`Dit::load`'s dtype: on an AVX512-BF16 CPU, bf16 packs the blocks' weights
+/// [`load_model`] in another precision (`Dit::load`'s dtype: on an AVX-512 CPU, bf16 packs the blocks' weights
 /// for the fused kernels; elsewhere it runs candle's reference ops in that dtype).
 pub fn load_model_as(
     path: &Path,
