@@ -16,7 +16,7 @@ export RAYON_NUM_THREADS=1
 E="eval --model $MODEL --classifier models/classifier.safetensors --batch 500 --seed 1 --n 2000 --steps 1,8,128 --lengths 6,4,2"
 mkdir -p "$OUT"
 lscpu | grep -m1 'Model name' || true
-grep -qw avx512_bf16 /proc/cpuinfo && echo "AVX512-BF16: yes" || echo "AVX512-BF16: no (bf16 runs candle's reference ops)"
+grep -qw avx512_bf16 /proc/cpuinfo && echo "AVX512-BF16: yes" || echo "AVX512-BF16: no"; grep -qw avx512f /proc/cpuinfo || echo "no AVX-512: bf16 runs candle's reference ops"
 $B $E --precision fp32 --out "$OUT/fp32" > "$OUT/fp32.log" 2>&1 &
 $B $E --precision bf16 --out "$OUT/bf16" > "$OUT/bf16.log" 2>&1 &
 wait

@@ -12,7 +12,7 @@ use odelt_nodes::data::fashion_mnist::Split;
 use odelt_nodes::eval::classifier::{Classifier, FEATURE_DIM};
 use odelt_nodes::eval::frechet::{frechet_distance, Gaussian};
 use odelt_nodes::eval::sweep::{self, Calibration, SweepOptions};
-use odelt_nodes::model::packed::{CpuKernels, WeightFormat};
+use odelt_nodes::model::packed::{Bf16Products, CpuKernels, WeightFormat};
 use odelt_nodes::pipeline::Precision;
 use odelt_nodes::Dit;
 
@@ -213,11 +213,18 @@ pub fn compute_path(model: &Dit) -> String {
             "fused CPU kernels, f32 weights ({})",
             CpuKernels::detect().name()
         ),
-        Some(WeightFormat::Bf16) => format!(
-            "fused CPU kernels, bf16 weights, every product's inputs rounded to bf16 with f32 accumulation, \
-             f32 activations between the products ({})",
-            CpuKernels::detect().name()
-        ),
+        Some(WeightFormat::Bf16) => match Bf16Products::detect() {
+            Bf16Products::Dot => format!(
+                "fused CPU kernels, bf16 weights, every product's inputs rounded to bf16 with f32 accumulation, \
+                 f32 activations between the products ({})",
+                CpuKernels::detect().name()
+            ),
+            Bf16Products::Widen => format!(
+                "fused CPU kernels, bf16 weights widened to f32 in the products, f32 inputs, activations and \
+                 accumulation ({}; its vdpbf16ps is slower than f32 FMAs here)",
+                CpuKernels::detect().name()
+            ),
+        },
         None => format!(
             "candle reference ops in {:?} (no fused CPU kernels for this precision here)",
             model.precision()
