@@ -1360,6 +1360,25 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_bf16_probe_measures_where_the_instructions_exist() {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        let dot = std::arch::is_x86_feature_detected!("avx512bf16");
+        // 1000 rounds of 16 chains of 16 lanes: 2 FLOP per FMA lane, 4 per bf16 pair.
+        assert_eq!(arithmetic_chains(false, 1000), avx512.then_some(512_000.0));
+        assert_eq!(arithmetic_chains(true, 1000), dot.then_some(1_024_000.0));
+        if dot {
+            let r = dot_over_fma_rate();
+            assert!(r.is_finite() && r > 0.05 && r < 20.0, "dot / FMA rate {r}");
+        }
+        // What was chosen is runnable here, and names itself.
+        let chosen = Bf16Products::detect();
+        assert!(chosen.supported() || !avx512, "{chosen:?}");
+        assert!(chosen.name().contains("bf16"));
+        assert_eq!(Bf16Products::Dot.supported(), dot && avx512);
+    }
+
+    #[test]
     fn layernorm_prologue_matches_a_separate_pass() {
         // 2 samples of 5 rows, modulation rows of stride 3k with shift at 0 and scale at k.
         let (m, k, n, rows) = (10, 40, 50, 5);
