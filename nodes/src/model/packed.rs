@@ -33,6 +33,30 @@ pub enum WeightFormat {
     Bf16,
 }
 
+/// The value of the environment variable `var` among `choices` (name, value, whether it runs in this build on this
+/// CPU), if it names one that runs; any other non-empty value is reported on stderr, with the choices, and ignored.
+fn env_override<T: Copy>(var: &str, choices: &[(&str, T, bool)]) -> Option<T> {
+    let v = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+    if let Some(&(_, t, true)) = choices.iter().find(|c| c.0 == v) {
+        return Some(t);
+    }
+    let names: Vec<String> = choices
+        .iter()
+        .map(|&(n, _, runs)| {
+            if runs {
+                format!("`{n}`")
+            } else {
+                format!("`{n}` (not in this build or on this CPU)")
+            }
+        })
+        .collect();
+    eprintln!(
+        "odelt: ignoring {var}={v:?}: expected {}",
+        names.join(" or ")
+    );
+    None
+}
+
 /// How bf16 weights are multiplied on an AVX-512 CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Products {
@@ -51,18 +75,12 @@ impl Bf16Products {
     pub fn detect() -> Self {
         static DETECTED: OnceLock<Bf16Products> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            match std::env::var("ODELT_BF16_PRODUCTS").as_deref() {
-                Ok("widen") => return Bf16Products::Widen,
-                Ok("dot") if Bf16Products::Dot.supported() => return Bf16Products::Dot,
-                Ok("") | Err(_) => {}
-                Ok(other) => eprintln!(
-                    "odelt: ignoring ODELT_BF16_PRODUCTS={other:?}: expected `widen`{}",
-                    if Bf16Products::Dot.supported() {
-                        " or `dot`"
-                    } else {
-                        " (this CPU has no AVX512-BF16 for `dot`)"
-                    }
-                ),
+            let choices = [
+                ("widen", Bf16Products::Widen, true),
+                ("dot", Bf16Products::Dot, Bf16Products::Dot.supported()),
+            ];
+            if let Some(p) = env_override("ODELT_BF16_PRODUCTS", &choices) {
+                return p;
             }
             if Bf16Products::Dot.supported() && dot_over_fma_rate() >= 1.3 {
                 Bf16Products::Dot
@@ -171,18 +189,12 @@ impl CpuKernels {
     pub fn detect() -> Self {
         static DETECTED: OnceLock<CpuKernels> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            match std::env::var("ODELT_CPU_KERNELS").as_deref() {
-                Ok("portable") => return CpuKernels::Portable,
-                Ok("blas") if CpuKernels::Blas.supported() => return CpuKernels::Blas,
-                Ok("") | Err(_) => {}
-                Ok(other) => eprintln!(
-                    "odelt: ignoring ODELT_CPU_KERNELS={other:?}: expected `portable`{}",
-                    if CpuKernels::Blas.supported() {
-                        " or `blas`"
-                    } else {
-                        " (or `blas` in a build with the `blas` feature)"
-                    }
-                ),
+            let choices = [
+                ("portable", CpuKernels::Portable, true),
+                ("blas", CpuKernels::Blas, CpuKernels::Blas.supported()),
+            ];
+            if let Some(k) = env_override("ODELT_CPU_KERNELS", &choices) {
+                return k;
             }
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -688,8 +700,9 @@ impl PackedLinear {
                                 let w_panel = w.as_ptr().add(p * panel_len);
                                 if m <= MR {
                                     // One tile per panel: widened in registers, not into a panel.
-                                    return tile_bf16w_dyn(
-                                        rows, k, a, w_panel, bias, c, ldc, cols, te, next,
+                                    return avx512::by_rows!(
+                                        rows, tile_bf16w, k, a, w_panel, bias, c, ldc, cols, te,
+                                        next
                                     );
                                 }
                                 WIDENED.with_borrow_mut(|wide| {
@@ -1184,24 +1197,6 @@ unsafe fn tile_f32_dyn(
     next: Ahead,
 ) {
     avx512::by_rows!(rows, tile_f32, k, a, w, bias, c, ldc, cols, epi, next)
-}
-
-/// [`avx512::tile_bf16w`] for `rows` in 1..=8.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_bf16w_dyn(
-    rows: usize,
-    k: usize,
-    a: *const f32,
-    w: *const u16,
-    bias: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    epi: TileEpilogue,
-    next: Ahead,
-) {
-    avx512::by_rows!(rows, tile_bf16w, k, a, w, bias, c, ldc, cols, epi, next)
 }
 
 /// [`avx512::tile_bf16`] for `rows` in 1..=8.
