@@ -133,10 +133,9 @@ fn dot_over_fma_rate() -> f64 {
     for _ in 0..3 {
         for bf16 in [false, true] {
             let t0 = std::time::Instant::now();
-            let done = arithmetic_chains(bf16, ITERS);
-            let s = t0.elapsed().as_secs_f64().max(1e-9);
-            if done.is_some() {
-                *(if bf16 { &mut dot } else { &mut fma }) = s.min(if bf16 { dot } else { fma });
+            if arithmetic_chains(bf16, ITERS).is_some() {
+                let best = if bf16 { &mut dot } else { &mut fma };
+                *best = best.min(t0.elapsed().as_secs_f64().max(1e-9));
             }
         }
     }
