@@ -87,36 +87,31 @@ impl RefMatmul {
 
     /// candle's matmul in f32 on `device`.
     pub fn new(n: usize, device: &Device) -> Result<Self> {
-        Self::build(n, device, None)
+        Self::build(n, device, Multiplier::Candle)
     }
 
     /// The packed CPU layer of the fused forward, in `format`.
     pub fn packed(n: usize, format: WeightFormat, kernels: CpuKernels) -> Result<Self> {
-        Self::build(n, &Device::Cpu, Some(Some((format, kernels))))
+        Self::build(n, &Device::Cpu, Multiplier::Packed(format, kernels))
     }
 
     /// The system BLAS's `sgemm` (a build with the `blas` feature).
     pub fn blas(n: usize) -> Result<Self> {
-        Self::build(n, &Device::Cpu, Some(None))
+        Self::build(n, &Device::Cpu, Multiplier::Blas)
     }
 
-    /// `host`: `None` for candle, `Some(None)` for the BLAS, `Some(Some(..))` for a packed layer.
-    fn build(
-        n: usize,
-        device: &Device,
-        host: Option<Option<(WeightFormat, CpuKernels)>>,
-    ) -> Result<Self> {
+    fn build(n: usize, device: &Device, host: Multiplier) -> Result<Self> {
         let mut rng = XorShift::new(11);
         let a: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let b: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let mut operands = "f32";
         let (host, kernel, format) = match host {
-            None => (
+            Multiplier::Candle => (
                 Host::Candle,
                 gemm_kernel(device).to_string(),
                 WeightFormat::F32,
             ),
-            Some(None) => (
+            Multiplier::Blas => (
                 Host::Blas {
                     b: b.clone(),
                     c: std::cell::RefCell::new(vec![0.0; n * n]),
@@ -127,7 +122,7 @@ impl RefMatmul {
                 ),
                 WeightFormat::F32,
             ),
-            Some(Some((format, kernels))) => {
+            Multiplier::Packed(format, kernels) => {
                 let layer = PackedLinear::pack(&b, &vec![0.0; n], n, n, format, kernels)?;
                 let name = match (format, layer.bf16_products()) {
                     (WeightFormat::F32, _) => "odelt packed f32",
@@ -188,6 +183,13 @@ impl RefMatmul {
         }
         Ok(times)
     }
+}
+
+/// Which matmul a [`RefMatmul`] times.
+enum Multiplier {
+    Candle,
+    Blas,
+    Packed(WeightFormat, CpuKernels),
 }
 
 /// What multiplies a [`RefMatmul`] besides candle.
