@@ -240,7 +240,8 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    /// The portable kernels, plus the system BLAS in a `blas` build and the AVX-512 ones where this CPU has them.
+    /// The portable kernels, plus the system BLAS in a `blas` build and the AVX-512 and AVX2 ones where this CPU has
+    /// them.
     fn kernels_here() -> Vec<CpuKernels> {
         let mut ks = vec![CpuKernels::Portable];
         if CpuKernels::Blas.supported() {
@@ -248,6 +249,9 @@ mod tests {
         }
         if let d @ CpuKernels::Avx512 { .. } = CpuKernels::detect() {
             ks.push(d);
+        }
+        if CpuKernels::Avx2.supported() {
+            ks.push(CpuKernels::Avx2);
         }
         ks
     }

@@ -14,6 +14,8 @@
 //! Each block runs as [`block::DitBlock`] (candle ops as the paper writes them) or, chosen at load for CPU f32
 //! inference, as [`fused_block::FusedBlock`] (the same math with fused CPU kernels); likewise the final layer.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod avx512;
 pub mod blas;
 pub mod block;

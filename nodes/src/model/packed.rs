@@ -4,10 +4,10 @@
 //! On CPUs with AVX-512 the kernel is split into panels of 48 columns, each stored as a `[K, 48]` row-major block
 //! (zero-padded past `N`), in f32 or (AVX512-BF16) bf16 with rows interleaved in pairs, and multiplied by the
 //! tiles of [`super::avx512`]: the whole depth in registers, the bias, GELU or gated residual applied before the
-//! single store, the panels split across the rayon pool. Elsewhere (AVX2-only CPUs, or `ODELT_CPU_KERNELS=portable`)
-//! the kernel stays row-major and the product is the `gemm` crate's, followed by the same epilogue as a second pass;
-//! a build with the `blas` feature multiplies those row-major layers with the system CBLAS instead ([`super::blas`];
-//! `ODELT_CPU_KERNELS=blas` selects it on AVX-512 CPUs too).
+//! single store, the panels split across the rayon pool. CPUs with AVX2 and FMA but not AVX-512 multiply the same f32
+//! panels with the `4 x 24` sub-tiles of [`super::avx2`], unless the build has the `blas` feature: then the kernel
+//! stays row-major and the system CBLAS multiplies it ([`super::blas`]), followed by the epilogue as a second pass.
+//! Elsewhere (or with `ODELT_CPU_KERNELS=portable`) the `gemm` crate multiplies the row-major kernel.
 //!
 //! Why our own kernel (measured in docs/benchmarks.md): the `gemm` crate under candle packs the weights on every
 //! call, cannot fuse the element-wise work that follows each product, and has no bf16 dot-product kernel.
@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx2;
 use super::avx512::{self, Ahead, TileEpilogue, MR, NR};
 use super::fused::{gelu_tanh, ln_modulate_row};
 use crate::error::{Error, Result};
@@ -143,8 +145,8 @@ fn dot_over_fma_rate() -> f64 {
     2.0 * fma / dot
 }
 
-/// `iters` rounds of [`avx512::CHAINS`] independent 16-lane f32 FMAs (or `vdpbf16ps` with `bf16`) in registers on
-/// the calling thread: the FLOP done, or `None` where the CPU lacks the instruction. The probe of
+/// `iters` rounds of [`avx512::CHAINS`] independent 16-lane f32 FMAs (or `vdpbf16ps` with `bf16`; 8-lane FMAs on
+/// an AVX2 CPU) in registers on the calling thread: the FLOP done, or `None` where the CPU lacks the instruction. The probe of
 /// [`Bf16Products::detect`] and of `odelt-bench gemm`'s arithmetic peak.
 pub fn arithmetic_chains(bf16: bool, iters: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
@@ -160,6 +162,11 @@ pub fn arithmetic_chains(bf16: bool, iters: usize) -> Option<f64> {
             std::hint::black_box(unsafe { avx512::chains_f32(iters) });
             return Some(flop);
         }
+        if !bf16 && CpuKernels::Avx2.supported() {
+            // SAFETY: AVX2 and FMA were just detected.
+            std::hint::black_box(unsafe { avx2::chains_f32(iters) });
+            return Some((iters * avx2::CHAINS * 8 * 2) as f64);
+        }
         None
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -174,6 +181,8 @@ pub fn arithmetic_chains(bf16: bool, iters: usize) -> Option<f64> {
 pub enum CpuKernels {
     /// The packed AVX-512 tiles (f32, and bf16 where AVX512-BF16 is present).
     Avx512 { bf16: bool },
+    /// The packed f32 panels multiplied by AVX2/FMA sub-tiles (f32 only).
+    Avx2,
     /// The `gemm` crate plus a separate epilogue pass (f32 only).
     Portable,
     /// The system CBLAS's `sgemm` plus the same epilogue pass (f32 only; builds with the `blas` feature).
@@ -182,14 +191,17 @@ pub enum CpuKernels {
 
 impl CpuKernels {
     /// Detected once per process from the CPU: the AVX-512 tiles where they run, else the system BLAS in a `blas`
-    /// build, else the `gemm` crate. `ODELT_CPU_KERNELS` (read at the first call) overrides it with `portable`, or
-    /// `blas` in a `blas` build, for comparisons and to test those paths on AVX-512 machines; any other value is
-    /// reported on stderr and ignored.
+    /// build, else the AVX2 tiles, else the `gemm` crate (the order measured with AVX2 code on an AVX-512 machine,
+    /// docs/benchmarks.md: OpenBLAS's Haswell kernels about 6 % ahead of the AVX2 tiles at batch 1, those 3-13 %
+    /// ahead of the `gemm` crate's AVX2 kernels). `ODELT_CPU_KERNELS` (read at the first call) overrides
+    /// it with `avx2`, `portable`, or `blas` in a `blas` build, for comparisons and to test those paths on AVX-512
+    /// machines; any other value is reported on stderr and ignored.
     pub fn detect() -> Self {
         static DETECTED: OnceLock<CpuKernels> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             let choices = [
                 ("portable", CpuKernels::Portable, true),
+                ("avx2", CpuKernels::Avx2, CpuKernels::Avx2.supported()),
                 ("blas", CpuKernels::Blas, CpuKernels::Blas.supported()),
             ];
             if let Some(k) = env_override("ODELT_CPU_KERNELS", &choices) {
@@ -203,6 +215,9 @@ impl CpuKernels {
             }
             if CpuKernels::Blas.supported() {
                 return CpuKernels::Blas;
+            }
+            if CpuKernels::Avx2.supported() {
+                return CpuKernels::Avx2;
             }
             CpuKernels::Portable
         })
@@ -218,8 +233,13 @@ impl CpuKernels {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && (!bf16 || std::arch::is_x86_feature_detected!("avx512bf16"))
             }
+            #[cfg(target_arch = "x86_64")]
+            CpuKernels::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            CpuKernels::Avx512 { .. } => false,
+            CpuKernels::Avx512 { .. } | CpuKernels::Avx2 => false,
         }
     }
 
@@ -233,6 +253,7 @@ impl CpuKernels {
         match self {
             CpuKernels::Avx512 { bf16: true } => "odelt avx512 (+avx512bf16)",
             CpuKernels::Avx512 { bf16: false } => "odelt avx512",
+            CpuKernels::Avx2 => "odelt avx2",
             CpuKernels::Portable => "gemm crate (portable)",
             CpuKernels::Blas => "system BLAS",
         }
@@ -278,7 +299,8 @@ impl LnRows<'_> {
 
 #[derive(Debug)]
 enum Weights {
-    F32Panels(Vec<f32>),
+    /// `[K, 48]` panels, multiplied by the AVX-512 tiles or (`avx2`) the AVX2 sub-tiles.
+    F32Panels { w: Vec<f32>, avx2: bool },
     /// Pair-interleaved bf16 panels, multiplied as `products` says.
     Bf16Panels {
         w: Vec<u16>,
@@ -287,10 +309,7 @@ enum Weights {
         id: u64,
     },
     /// Row-major `[K, N]`, multiplied by the `gemm` crate or (`blas`) the system CBLAS.
-    RowMajor {
-        w: Vec<f32>,
-        blas: bool,
-    },
+    RowMajor { w: Vec<f32>, blas: bool },
 }
 
 /// A dense layer `[K] -> [N]` with its kernel packed for [`PackedLinear::forward`]. Cloning shares the weights.
@@ -362,7 +381,7 @@ impl PackedLinear {
                 w: kernel.to_vec(),
                 blas: kernels == CpuKernels::Blas,
             },
-            (CpuKernels::Avx512 { .. }, WeightFormat::F32) => {
+            (CpuKernels::Avx512 { .. } | CpuKernels::Avx2, WeightFormat::F32) => {
                 let mut w = vec![0f32; panels * k * NR];
                 w.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
                     let cols = (n - p * NR).min(NR);
@@ -370,7 +389,10 @@ impl PackedLinear {
                         row[..cols].copy_from_slice(&kernel[kk * n + p * NR..][..cols]);
                     }
                 });
-                Weights::F32Panels(w)
+                Weights::F32Panels {
+                    w,
+                    avx2: kernels == CpuKernels::Avx2,
+                }
             }
             (CpuKernels::Avx512 { .. }, WeightFormat::Bf16) if products.supported() => {
                 let pairs = k.div_ceil(2);
@@ -438,7 +460,7 @@ impl PackedLinear {
         let mut out = vec![0f32; k * n];
         match &*self.weights {
             Weights::RowMajor { w, .. } => out.copy_from_slice(w),
-            Weights::F32Panels(w) => {
+            Weights::F32Panels { w, .. } => {
                 for kk in 0..k {
                     for j in 0..n {
                         out[kk * n + j] = w[(j / NR) * k * NR + kk * NR + j % NR];
@@ -483,7 +505,7 @@ impl PackedLinear {
     pub fn takes_row_tiles(&self) -> bool {
         matches!(
             *self.weights,
-            Weights::F32Panels(_)
+            Weights::F32Panels { .. }
                 | Weights::Bf16Panels {
                     products: Bf16Products::Widen,
                     ..
@@ -660,11 +682,11 @@ impl PackedLinear {
                 portable_epilogue(out, n, &self.bias, epi);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Weights::F32Panels(_) | Weights::Bf16Panels { .. } => {
+            Weights::F32Panels { .. } | Weights::Bf16Panels { .. } => {
                 unreachable!("packed panels are only built on x86_64 (`pack` checks `supported`)")
             }
             #[cfg(target_arch = "x86_64")]
-            Weights::F32Panels(_)
+            Weights::F32Panels { .. }
             | Weights::Bf16Panels {
                 products: Bf16Products::Widen,
                 ..
@@ -688,9 +710,14 @@ impl PackedLinear {
                         let a = ap.as_ptr().add(r0 * k);
                         let bias = self.bias.as_ptr().add(p * NR);
                         match &*self.weights {
-                            Weights::F32Panels(w) => {
+                            &Weights::F32Panels { ref w, avx2 } => {
                                 let next = ahead(w.as_ptr().cast(), k * NR * 4, next);
                                 let w = w.as_ptr().add(p * k * NR);
+                                if avx2 {
+                                    return avx2::tile_f32(
+                                        rows, k, a, w, bias, c, ldc, cols, te, next,
+                                    );
+                                }
                                 tile_f32_dyn(rows, k, a, w, bias, c, ldc, cols, te, next)
                             }
                             Weights::Bf16Panels { w, id, .. } => {
@@ -942,7 +969,8 @@ fn pack_rows_f32(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<f32> 
 }
 
 /// `dst[kk * 8 + r] = rows[r][kk]`: eight rows of 32-bit values (f32, or bf16 pairs as their bits) as one row
-/// tile, 16 depths at a time with [`avx512::transpose_8x16`] where the CPU has AVX-512.
+/// tile, 16 depths at a time with [`avx512::transpose_8x16`] where the CPU has AVX-512, else 8 at a time with
+/// [`avx2::transpose_8x8`] where it has AVX.
 fn transpose_rows<T: Copy>(rows: [&[T]; MR], dst: &mut [T]) {
     const { assert!(std::mem::size_of::<T>() == 4) };
     let k = rows[0].len();
@@ -960,6 +988,19 @@ fn transpose_rows<T: Copy>(rows: [&[T]; MR], dst: &mut [T]) {
                 )
             };
             done += 16;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        while done + 8 <= k {
+            // SAFETY: AVX is present; each row holds 8 values from `done`, `dst` 64 from `done * MR`.
+            unsafe {
+                avx2::transpose_8x8(
+                    rows.map(|r| r.as_ptr().add(done).cast::<f32>()),
+                    dst.as_mut_ptr().add(done * MR).cast::<f32>(),
+                )
+            };
+            done += 8;
         }
     }
     for kk in done..k {
@@ -1276,6 +1317,9 @@ mod tests {
         if let d @ CpuKernels::Avx512 { .. } = CpuKernels::detect() {
             ks.push(d);
         }
+        if CpuKernels::Avx2.supported() {
+            ks.push(CpuKernels::Avx2);
+        }
         ks
     }
 
@@ -1350,6 +1394,45 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn avx2_sub_tiles_give_the_avx512_tiles_bits() {
+        let avx512 = CpuKernels::Avx512 { bf16: false };
+        if !(avx512.supported() && CpuKernels::Avx2.supported()) {
+            return;
+        }
+        // m = 19: a 3-row tail (one sub-tile row block, partly); n = 101: a 5-column last panel.
+        let (m, k, n) = (19, 37, 101);
+        let (a, w, b) = (rand(m * k, 41), rand(k * n, 42), rand(n, 43));
+        let (residual, gate) = (rand(m * n, 44), rand(2 * n, 45));
+        let modulation = rand(2 * 3 * k, 46);
+        let ln = LnRows {
+            shift: &modulation,
+            scale: &modulation[k..],
+            stride: 3 * k,
+            rows_per_sample: 10,
+        };
+        let gated = Epilogue::GatedResidual {
+            residual: &residual,
+            gate: &gate,
+            gate_stride: n,
+            rows_per_gate: 10,
+        };
+        let pack = |kernels| PackedLinear::pack(&w, &b, k, n, WeightFormat::F32, kernels).unwrap();
+        let (wide, narrow) = (pack(avx512), pack(CpuKernels::Avx2));
+        for epi in [Epilogue::Bias, Epilogue::BiasGelu, gated] {
+            assert_eq!(
+                narrow.forward(&a, m, epi).unwrap(),
+                wide.forward(&a, m, epi).unwrap(),
+                "{epi:?}"
+            );
+        }
+        for epi in [Epilogue::Bias, Epilogue::BiasGelu] {
+            let got = narrow.forward_ln_to_tiles(&a, m, ln, epi).unwrap();
+            let want = wide.forward_ln_to_tiles(&a, m, ln, epi).unwrap();
+            assert_eq!(got.data, want.data, "row tiles, {epi:?}");
         }
     }
 
@@ -1468,7 +1551,7 @@ mod tests {
             // Widened bf16 layers exchange row tiles; `vdpbf16ps` ones take bf16 rows.
             assert_eq!(
                 l1.takes_row_tiles(),
-                matches!(kernels, CpuKernels::Avx512 { .. })
+                matches!(kernels, CpuKernels::Avx512 { .. } | CpuKernels::Avx2)
                     && (format == WeightFormat::F32 || products == Bf16Products::Widen)
             );
             let u = l1.forward_ln(&x, m, ln, Epilogue::BiasGelu).unwrap();

@@ -1,6 +1,6 @@
 //! `odelt-bench gemm`: the products of one DiT block at a batch, timed on every CPU kernel this build has: candle's
-//! matmul (the `gemm` crate), the system BLAS's `sgemm` in a `blas` build, the packed f32 layers of the fused path,
-//! and their bf16 form where the CPU has AVX512-BF16, each reading its weights from memory as in a forward (distinct copies cycled past the L3).
+//! matmul (the `gemm` crate), the system BLAS's `sgemm` in a `blas` build, the packed f32 layers of the fused path
+//! (AVX-512 and AVX2 tiles, where the CPU has them), and their bf16 form on AVX-512, each reading its weights from memory as in a forward (distinct copies cycled past the L3).
 
 mod peak;
 
@@ -77,6 +77,11 @@ pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<String>, Vec<Vec<f6
     if matches!(here, CpuKernels::Avx512 { .. }) {
         names.push("odelt packed f32".to_string());
         packed.push((here, WeightFormat::F32, Bf16Products::Widen));
+    }
+    if CpuKernels::Avx2.supported() {
+        // Also on AVX-512 CPUs: the kernel an AVX2-only CPU would run, on this CPU's cores.
+        names.push("odelt packed f32, avx2".to_string());
+        packed.push((CpuKernels::Avx2, WeightFormat::F32, Bf16Products::Widen));
     }
     if here.has_bf16() {
         // Both bf16 products where the CPU has both; the first is the one the model uses here.

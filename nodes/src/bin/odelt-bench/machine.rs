@@ -125,6 +125,9 @@ impl RefMatmul {
             Multiplier::Packed(format, kernels) => {
                 let layer = PackedLinear::pack(&b, &vec![0.0; n], n, n, format, kernels)?;
                 let name = match (format, layer.bf16_products()) {
+                    (WeightFormat::F32, _) if kernels == CpuKernels::Avx2 => {
+                        "odelt packed f32 (avx2)"
+                    }
                     (WeightFormat::F32, _) => "odelt packed f32",
                     (WeightFormat::Bf16, Some(Bf16Products::Dot)) => {
                         operands = "bf16 x bf16 -> f32";

@@ -149,7 +149,7 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
     if device.is_cpu() && odelt_nodes::model::blas::LINKED {
         refs.push(RefMatmul::blas(a.matmul_size)?);
     }
-    if device.is_cpu() && matches!(kernels, CpuKernels::Avx512 { .. }) {
+    if device.is_cpu() && matches!(kernels, CpuKernels::Avx512 { .. } | CpuKernels::Avx2) {
         refs.push(RefMatmul::packed(
             a.matmul_size,
             WeightFormat::F32,
