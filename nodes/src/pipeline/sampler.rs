@@ -1,6 +1,9 @@
 //! The sampler node's logic: LATENT (NCHW, raw) in, LATENT out, with the model's latent scale applied on the way in
-//! and out, seeded noise, img2img starts via `denoise`, per-sample labels, and progress with a cheap preview after
-//! every velocity evaluation (returning `false` from the progress callback cancels within one evaluation).
+//! and out, seeded noise, img2img starts via `denoise`, per-sample labels, and progress after every velocity
+//! evaluation with a cheap preview at most every [`PREVIEW_INTERVAL`] (returning `false` from the progress callback
+//! cancels within one evaluation).
+
+use std::time::{Duration, Instant};
 
 use super::array::{nchw_to_nhwc, nhwc_to_nchw, Array};
 use super::image::{preview_nhwc, Rgb8};
@@ -122,7 +125,35 @@ pub fn empty_latent(cfg: &DitConfig, batch_size: usize) -> Result<Array> {
     Array::new(shape, vec![0.0; n])
 }
 
-/// A progress report: `value` of `max` velocity evaluations and a preview of the current prediction.
+/// The least time between two previews of a sampling run; the first and the last evaluation always get one. A
+/// person watching sees at most 20 a second, and a small model's millisecond steps no longer each pay for an
+/// image no one sees (13 µs, 1.1 % of the default model's forward on a Zen 4, docs/benchmarks.md); a DiT-B step
+/// (100+ ms) still gets one every step.
+pub const PREVIEW_INTERVAL: Duration = Duration::from_millis(50);
+
+/// When the sampler's next preview is due.
+#[derive(Debug, Default)]
+struct PreviewClock {
+    last: Option<Instant>,
+}
+
+impl PreviewClock {
+    /// Whether the evaluation finished at `now` gets a preview (`last_eval`: the run's last one); if so, the clock
+    /// restarts from `now`.
+    fn due(&mut self, now: Instant, last_eval: bool) -> bool {
+        let due = last_eval
+            || self
+                .last
+                .is_none_or(|t| now.saturating_duration_since(t) >= PREVIEW_INTERVAL);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
+/// A progress report: `value` of `max` velocity evaluations and, when one is due ([`PREVIEW_INTERVAL`]), a preview
+/// of the current prediction.
 pub struct Progress<'a> {
     pub value: u64,
     pub max: u64,
@@ -212,8 +243,13 @@ pub fn run_sampler_masked(
         },
         step_code: None,
     };
+    let mut clock = PreviewClock::default();
     let mut hook = |e: &SampleEvent<'_>| {
-        let preview = e.prediction().ok().and_then(|p| preview_nhwc(&p).ok());
+        let preview = if clock.due(Instant::now(), e.eval.nfe >= e.eval.total) {
+            e.prediction().ok().and_then(|p| preview_nhwc(&p).ok())
+        } else {
+            None
+        };
         let keep_going = on_progress(Progress {
             value: e.eval.nfe as u64,
             max: e.eval.total.max(e.eval.nfe) as u64,
@@ -232,6 +268,22 @@ pub fn run_sampler_masked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn previews_come_first_last_and_at_most_every_interval() {
+        let mut clock = PreviewClock::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Evaluations every 10 ms, the last at 120 ms: previews at 0, 50, 100 and the last.
+        let due: Vec<u64> = (0..=12)
+            .map(|i| 10 * i)
+            .filter(|&t| clock.due(ms(t), t == 120))
+            .collect();
+        assert_eq!(due, [0, 50, 100, 120]);
+        // Slow evaluations (every 100 ms) each get one.
+        let mut clock = PreviewClock::default();
+        assert!((0..5).all(|i| clock.due(ms(100 * i), false)));
+    }
     use crate::eval::grid::grid_samples;
     use crate::eval::sweep::{sample_setting, SweepOptions};
     use crate::model::Dit;
