@@ -146,8 +146,8 @@ fn dot_over_fma_rate() -> f64 {
 }
 
 /// `iters` rounds of [`avx512::CHAINS`] independent 16-lane f32 FMAs (or `vdpbf16ps` with `bf16`; 8-lane FMAs on
-/// an AVX2 CPU) in registers on the calling thread: the FLOP done, or `None` where the CPU lacks the instruction. The probe of
-/// [`Bf16Products::detect`] and of `odelt-bench gemm`'s arithmetic peak.
+/// an AVX2 CPU) in registers on the calling thread: the FLOP done, or `None` where the CPU lacks the instruction.
+/// The probe of [`Bf16Products::detect`] and of `odelt-bench gemm`'s arithmetic peak.
 pub fn arithmetic_chains(bf16: bool, iters: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
