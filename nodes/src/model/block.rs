@@ -3,7 +3,7 @@
 
 use candle_core::{Tensor, D};
 
-use super::layers::{layer_norm, modulate, softmax_f32, Dense};
+use super::layers::{layer_norm, matmul, modulate, softmax_f32, Dense};
 use crate::error::Result;
 use crate::params::{BlockParams, FinalLayerParams, Loader};
 
@@ -67,9 +67,9 @@ impl DitBlock {
                 .contiguous()
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let logits = q.matmul(&k.t()?)?;
+        let logits = matmul(&q, &k.t()?)?;
         let w = softmax_f32(&logits, differentiable)?.to_dtype(v.dtype())?;
-        let y = w.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
+        let y = matmul(&w, &v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
         Ok(self.attn_out.forward(&y)?)
     }
 

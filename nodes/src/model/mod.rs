@@ -292,10 +292,7 @@ impl Dit {
             }
         }
         let tok = self.patch_embed.forward(&x.to_dtype(self.dtype)?)?;
-        let tok = tok
-            .to_dtype(DType::F32)?
-            .broadcast_add(&self.pos_embed)?
-            .to_dtype(self.dtype)?;
+        let tok = layers::add(&tok.to_dtype(DType::F32)?, &self.pos_embed)?.to_dtype(self.dtype)?;
         let c = ((self.t_embed.forward(t)? + self.label_embed.forward(y)?)?
             + self.dt_embed.forward(dt_base)?)?;
         Ok((tok, c))
@@ -409,9 +406,9 @@ impl Dit {
                 };
                 let v = match vr.take() {
                     None => step.clone(),
-                    Some(v) => (v + &step)?,
+                    Some(v) => layers::add(&v, &step)?,
                 };
-                Ok(((&xr + &step)?, Some(v)))
+                Ok((layers::add(&xr, &step)?, Some(v)))
             })?;
         }
         Ok(vr)

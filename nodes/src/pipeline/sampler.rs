@@ -127,8 +127,8 @@ pub fn empty_latent(cfg: &DitConfig, batch_size: usize) -> Result<Array> {
 
 /// The least time between two previews of a sampling run; the first and the last evaluation always get one. A
 /// person watching sees at most 20 a second, and a small model's millisecond steps no longer each pay for an
-/// image no one sees (13 µs, 1.1 % of the default model's forward on a Zen 4, docs/benchmarks.md); a DiT-B step
-/// (100+ ms) still gets one every step.
+/// image no one sees (its conversion, the host's copy, its PNG and the socket frame); a DiT-B step (100+ ms) still
+/// gets one every step.
 pub const PREVIEW_INTERVAL: Duration = Duration::from_millis(50);
 
 /// When the sampler's next preview is due.
