@@ -103,17 +103,19 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// Whether both tensors are f32 on the CPU and carry no gradient tracking (what [`matmul`] and [`add`] compute
+/// themselves).
+fn plain_cpu_f32(a: &Tensor, b: &Tensor) -> bool {
+    [a, b]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
 /// [`matmul`] through the `gemm` crate where it applies: both tensors f32 on the CPU, without gradient
 /// tracking, with shapes candle would accept and each operand's batch dimensions collapsing into one stride.
 /// `None` leaves the product (and every error message) to candle.
 fn cpu_matmul(a: &Tensor, b: &Tensor) -> Option<Tensor> {
-    if !a.device().is_cpu()
-        || !b.device().is_cpu()
-        || a.dtype() != DType::F32
-        || b.dtype() != DType::F32
-        || a.track_op()
-        || b.track_op()
-    {
+    if !plain_cpu_f32(a, b) {
         return None;
     }
     let (ad, bd) = (a.dims(), b.dims());
@@ -218,13 +220,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 const ADD_CHUNK: usize = 16 * 1024;
 
 fn cpu_add(a: &Tensor, b: &Tensor) -> Option<Tensor> {
-    if !a.device().is_cpu()
-        || !b.device().is_cpu()
-        || a.dtype() != DType::F32
-        || b.dtype() != DType::F32
-        || a.track_op()
-        || b.track_op()
-    {
+    if !plain_cpu_f32(a, b) {
         return None;
     }
     // `b`'s dimensions without leading ones must be `a`'s trailing ones.
