@@ -1,5 +1,5 @@
 //! Small building blocks shared by the DiT modules: Flax-layout dense layers, affine-free LayerNorm, modulation,
-//! and the CPU matmul they use.
+//! and the CPU matmul and add they use.
 
 use candle_core::{DType, Storage, Tensor, D};
 
@@ -94,8 +94,8 @@ impl Dense {
 ///
 /// Why not candle's: its CPU matmul asks `candle_core::utils::get_num_threads()` for a thread count on every call,
 /// which (unless `RAYON_NUM_THREADS` is set) calls `num_cpus::get_physical()`, and that reads and parses
-/// `/proc/cpuinfo` each time: about 27 reads per forward of the default model, ~6 % of its CPU time on a 2-vCPU VM
-/// (docs/benchmarks.md, 2026-12-02 fifth session).
+/// `/proc/cpuinfo` each time: about 5.5 reads per forward of the default model (its `Dense` layers), ~6 % of its
+/// CPU time on a 2-vCPU VM (docs/benchmarks.md, 2026-12-02 fifth session).
 pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     match cpu_matmul(a, b) {
         Some(out) => Ok(out),
