@@ -236,6 +236,31 @@ unsafe fn finish<const R: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
+/// Rows `0..R` of a finished `[R, 48]` f32 block (contiguous rows of 48: the AMX tiles' output, see
+/// [`super::amx`]) through the epilogue and stored like a tile's accumulators.
+///
+/// # Safety
+/// AVX-512F present; `acc` readable for `R * 48` values; the rest as for [`tile_f32`].
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn finish_block<const R: usize>(
+    acc: *const f32,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: TileEpilogue,
+) {
+    let mut regs = [[_mm512_setzero_ps(); NV]; R];
+    for r in 0..R {
+        for v in 0..NV {
+            regs[r][v] = _mm512_loadu_ps(acc.add(r * NR + 16 * v));
+        }
+    }
+    finish::<R>(&regs, bias, c, ldc, cols, epi);
+}
+
+#[cfg(target_arch = "x86_64")]
 /// Early in a tile (depth step `kk < R`), its output row `kk` is requested for writing (`prefetchw`) and, for the
 /// gated residual, the residual row for reading: the tile ends with one store per output vector, and when those
 /// lines were not in cache the stores stalled the next tile behind their read-for-ownership misses (`perf` put 4 %

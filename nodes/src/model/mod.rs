@@ -15,6 +15,8 @@
 //! inference, as [`fused_block::FusedBlock`] (the same math with fused CPU kernels); likewise the final layer.
 
 #[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 mod avx512;
 pub mod blas;

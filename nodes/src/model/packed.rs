@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx2;
 use super::avx512::{self, Ahead, TileEpilogue, MR, NR};
 use super::fused::{gelu_tanh, ln_modulate_row};
+#[cfg(target_arch = "x86_64")]
+use super::{amx, avx2};
 use crate::error::{Error, Result};
 
 /// What is stored for the weights and multiplied with.
@@ -67,22 +67,30 @@ pub enum Bf16Products {
     /// The bf16 weights widened to f32 panels ([`avx512::widen_bf16_panel`]; in registers for a single row tile),
     /// f32 activations and FMAs.
     Widen,
+    /// Intel AMX tiles ([`super::amx`]): the activations rounded to bf16, `16 x 48` blocks of `tdpbf16ps`, the
+    /// same arithmetic as `Dot` at about 25 times its rate on a Sapphire Rapids Xeon.
+    Amx,
 }
 
 impl Bf16Products {
-    /// Chosen once per process: `Dot` where the CPU has AVX512-BF16 and its `vdpbf16ps` does at least 1.3x the
-    /// FLOP of its FMA (a register-only probe of about a millisecond: 2.0x on AMD Zen 5, 0.5x on an Intel Xeon
-    /// without AMX, docs/benchmarks.md), else `Widen`. `ODELT_BF16_PRODUCTS=dot` or `widen` (read at the first
-    /// call) overrides the probe; `dot` is ignored, with a message, where the CPU lacks the instruction.
+    /// Chosen once per process: `Amx` where the CPU and OS run AMX, else `Dot` where the CPU has AVX512-BF16 and
+    /// its `vdpbf16ps` does at least 1.3x the FLOP of its FMA (a register-only probe of about a millisecond: 2.0x
+    /// on AMD Zen 5, 0.5x on an Intel Xeon, docs/benchmarks.md), else `Widen`. `ODELT_BF16_PRODUCTS=amx`, `dot` or
+    /// `widen` (read at the first call) overrides the choice; a choice the CPU cannot run is ignored, with a
+    /// message.
     pub fn detect() -> Self {
         static DETECTED: OnceLock<Bf16Products> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             let choices = [
                 ("widen", Bf16Products::Widen, true),
                 ("dot", Bf16Products::Dot, Bf16Products::Dot.supported()),
+                ("amx", Bf16Products::Amx, Bf16Products::Amx.supported()),
             ];
             if let Some(p) = env_override("ODELT_BF16_PRODUCTS", &choices) {
                 return p;
+            }
+            if Bf16Products::Amx.supported() {
+                return Bf16Products::Amx;
             }
             if Bf16Products::Dot.supported() && dot_over_fma_rate() >= 1.3 {
                 Bf16Products::Dot
@@ -96,10 +104,13 @@ impl Bf16Products {
     pub fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && (self == Bf16Products::Widen
-                    || std::arch::is_x86_feature_detected!("avx512bf16"))
+            let base = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw");
+            match self {
+                Bf16Products::Widen => base,
+                Bf16Products::Dot => base && std::arch::is_x86_feature_detected!("avx512bf16"),
+                Bf16Products::Amx => base && super::amx::available(),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -110,6 +121,17 @@ impl Bf16Products {
         match self {
             Bf16Products::Dot => "bf16 dot products (vdpbf16ps)",
             Bf16Products::Widen => "bf16 weights widened to f32 FMAs",
+            Bf16Products::Amx => "bf16 AMX tiles (tdpbf16ps)",
+        }
+    }
+
+    /// Depth pairs per packed panel for depth `k`: the AMX tiles step 32 deep, so their panels are zero-padded
+    /// to a multiple of 16 pairs.
+    fn panel_pairs(self, k: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Products::Amx => k.div_ceil(super::amx::TK) * super::amx::TK / 2,
+            _ => k.div_ceil(2),
         }
     }
 }
@@ -395,7 +417,7 @@ impl PackedLinear {
                 }
             }
             (CpuKernels::Avx512 { .. }, WeightFormat::Bf16) if products.supported() => {
-                let pairs = k.div_ceil(2);
+                let pairs = products.panel_pairs(k);
                 let mut w = vec![0u16; panels * pairs * 2 * NR];
                 w.par_chunks_mut(pairs * 2 * NR)
                     .enumerate()
@@ -419,10 +441,10 @@ impl PackedLinear {
             (_, WeightFormat::Bf16) => {
                 return Err(Error::invalid(format!(
                     "bf16 CPU layers need a CPU with AVX-512{}",
-                    if products == Bf16Products::Dot {
-                        " and AVX512-BF16 (for the dot products)"
-                    } else {
-                        ""
+                    match products {
+                        Bf16Products::Dot => " and AVX512-BF16 (for the dot products)",
+                        Bf16Products::Amx => " and AMX, granted by the OS (for the AMX tiles)",
+                        Bf16Products::Widen => "",
                     }
                 )))
             }
@@ -467,8 +489,8 @@ impl PackedLinear {
                     }
                 }
             }
-            Weights::Bf16Panels { w, .. } => {
-                let pairs = k.div_ceil(2);
+            Weights::Bf16Panels { w, products, .. } => {
+                let pairs = products.panel_pairs(k);
                 for kk in 0..k {
                     for j in 0..n {
                         let bits = w
@@ -751,7 +773,7 @@ impl PackedLinear {
                         }
                     }
                 };
-                self.tiled(m, out.as_mut_ptr(), epi, to_tiles, tile);
+                self.tiled(m, out.as_mut_ptr(), epi, to_tiles, MR, false, tile);
                 SCRATCH_F32.put(packed);
                 // SAFETY: the tiles cover every element of the `[m, n]` output (or, as row tiles, of the
                 // `[tiles, n, 8]` blocks: rows past `m` written as zeros).
@@ -763,22 +785,25 @@ impl PackedLinear {
                     })
                 };
             }
+            // The AMX layers' products of one row tile (the adaLN rows) too: they are memory-bound, and the
+            // `vdpbf16ps` tile streams the panel with prefetches (33 against 24 GFLOP/s on AMX tiles of one
+            // used row, `odelt-bench gemm`); same arithmetic, and the padded panels start with the same pairs.
             #[cfg(target_arch = "x86_64")]
-            Weights::Bf16Panels {
-                w,
-                products: Bf16Products::Dot,
-                ..
-            } => {
+            &Weights::Bf16Panels {
+                ref w, products, ..
+            } if products == Bf16Products::Dot || m <= MR => {
                 let Input::Rows(a, ln) = input else {
                     unreachable!("checked above: row tiles need f32 panels")
                 };
-                let pairs = k.div_ceil(2);
+                let pairs = Bf16Products::Dot.panel_pairs(k);
                 let ap = pack_rows_bf16(a, m, k, ln);
-                let panel_len = pairs * 2 * NR;
+                let panel_len = products.panel_pairs(k) * 2 * NR;
                 self.tiled(
                     m,
                     out.as_mut_ptr(),
                     epi,
+                    false,
+                    MR,
                     false,
                     |r0, rows, p, c, ldc, cols, te, next| {
                         // SAFETY: as for f32 (a packed tile holds `pairs * 2 * MR` values).
@@ -788,7 +813,7 @@ impl PackedLinear {
                                 rows,
                                 pairs,
                                 ap.as_ptr().add(r0 * pairs).cast::<u16>(),
-                                w.as_ptr().add(p * pairs * 2 * NR),
+                                w.as_ptr().add(p * panel_len),
                                 self.bias.as_ptr().add(p * NR),
                                 c,
                                 ldc,
@@ -803,52 +828,118 @@ impl PackedLinear {
                 // SAFETY: as for f32.
                 unsafe { out.set_len(m * n) };
             }
+            // Left: AMX layers of more than one row tile (`Dot` and `m <= MR` went above).
+            #[cfg(target_arch = "x86_64")]
+            Weights::Bf16Panels { w, .. } => {
+                let Input::Rows(a, ln) = input else {
+                    unreachable!("checked above: row tiles need f32 panels")
+                };
+                // The depth padded to whole AMX steps: the packed rows' length and twice the panels' pairs.
+                let kp = 2 * Bf16Products::Amx.panel_pairs(k);
+                let ap = pack_rows_amx(a, m, k, kp, ln);
+                let panel_len = kp * NR;
+                self.tiled(
+                    m,
+                    out.as_mut_ptr(),
+                    epi,
+                    false,
+                    amx::TM,
+                    true,
+                    |r0, rows, p, c, ldc, cols, te, _next| {
+                        let mut block = std::mem::MaybeUninit::<[f32; amx::TM * NR]>::uninit();
+                        let acc = block.as_mut_ptr().cast::<f32>();
+                        // SAFETY: `tiled` configured the tiles on this task's thread; the packed rows hold
+                        // `amx::TM` rows of `kp` from `r0` (a multiple of TM below `m`), panel `p` exists and
+                        // holds `kp / 2` pair rows; `panel` writes the whole block before the epilogues read it;
+                        // `c` points at row r0 of panel p's columns, valid for `rows` rows.
+                        unsafe {
+                            amx::panel(
+                                kp / amx::TK,
+                                ap.as_ptr().cast::<u16>().add(r0 * kp),
+                                kp,
+                                w.as_ptr().add(p * panel_len),
+                                acc,
+                            );
+                            let bias = self.bias.as_ptr().add(p * NR);
+                            avx512::by_rows!(
+                                rows.min(MR),
+                                finish_block,
+                                acc,
+                                bias,
+                                c,
+                                ldc,
+                                cols,
+                                te
+                            );
+                            if rows > MR {
+                                let te = tile_epilogue(epi, r0 + MR, rows - MR, p * NR, n);
+                                avx512::by_rows!(
+                                    rows - MR,
+                                    finish_block,
+                                    acc.add(MR * NR),
+                                    bias,
+                                    c.add(MR * ldc),
+                                    ldc,
+                                    cols,
+                                    te
+                                );
+                            }
+                        }
+                    },
+                );
+                SCRATCH_U32.put(ap);
+                // SAFETY: as for f32.
+                unsafe { out.set_len(m * n) };
+            }
         }
         Ok(())
     }
 
-    /// Runs `tile(r0, rows, panel, c, ldc, cols, epilogue)` over every `MR x 48` tile of the `[m, n]` output, split
-    /// across the rayon pool: whole panels per task where there are enough of them (each task's panels pass over
-    /// the same block of rows of `A` ([`row_block`]), held in L2), otherwise rows as well.
-    #[allow(clippy::type_complexity)]
+    /// Runs `tile(r0, rows, panel, c, ldc, cols, epilogue)` over every `mr x 48` tile of the `[m, n]` output
+    /// (`mr` a multiple of [`MR`]), split across the rayon pool: whole panels per task where there are enough of
+    /// them (each task's panels pass over the same block of rows of `A` ([`row_block`]), held in L2), otherwise
+    /// rows as well. With `amx`, each task configures the AMX tiles for its tiles ([`amx::Tiles`]).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn tiled(
         &self,
         m: usize,
         out: *mut f32,
         epi: Epilogue,
         to_tiles: bool,
+        mr: usize,
+        amx: bool,
         tile: impl Fn(usize, usize, usize, *mut f32, usize, usize, TileEpilogue, Option<NextPanel>)
             + Sync,
     ) {
         let n = self.n;
         let panels = n.div_ceil(NR);
-        let tiles = m.div_ceil(MR);
-        let mc = row_block(
-            self.k,
-            if self.bf16_products() == Some(Bf16Products::Dot) {
-                2
-            } else {
-                4
-            },
-        );
+        let tiles = m.div_ceil(mr);
+        let bytes = match self.bf16_products() {
+            Some(Bf16Products::Dot | Bf16Products::Amx) => 2,
+            _ => 4,
+        };
+        let mc = row_block(self.k, bytes) / mr * mr;
         let threads = rayon::current_num_threads().max(1);
         let col_tasks = threads.min(panels);
         let row_tasks = (threads / col_tasks).clamp(1, tiles);
         let dst = SharedOut(out);
         (0..col_tasks * row_tasks).into_par_iter().for_each(|task| {
+            // SAFETY: `amx` layers exist only where `Bf16Products::Amx.supported()` (checked by `pack`).
+            #[cfg(target_arch = "x86_64")]
+            let _tiles = amx.then(|| unsafe { amx::Tiles::configure() });
             let (ct, rt) = (task / row_tasks, task % row_tasks);
             let (p0, p1) = split(panels, col_tasks, ct);
             let (t0, t1) = split(tiles, row_tasks, rt);
-            let (rows0, rows1) = (t0 * MR, (t1 * MR).min(m));
+            let (rows0, rows1) = (t0 * mr, (t1 * mr).min(m));
             let mut ic = rows0;
             while ic < rows1 {
                 let ic_end = (ic + mc).min(rows1);
-                let parts = (ic_end - ic).div_ceil(MR);
+                let parts = (ic_end - ic).div_ceil(mr);
                 for p in p0..p1 {
                     let cols = (n - p * NR).min(NR);
                     let mut r0 = ic;
                     while r0 < ic_end {
-                        let rows = (ic_end - r0).min(MR);
+                        let rows = (ic_end - r0).min(mr);
                         // SAFETY: the tile lies inside `out` (rows r0.., columns p*48..; or as row tiles, tile r0/8's
                         // block at depth p*48); tasks write disjoint tiles.
                         let (te, c) = if to_tiles {
@@ -863,7 +954,7 @@ impl PackedLinear {
                         };
                         let next = (p + 1 < p1).then_some(NextPanel {
                             panel: p + 1,
-                            part: (r0 - ic) / MR,
+                            part: (r0 - ic) / mr,
                             parts,
                         });
                         tile(r0, rows, p, c, n, cols, te, next);
@@ -1050,6 +1141,36 @@ fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u32>
             transpose_rows(src, dst);
         },
     );
+    out
+}
+
+/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 for the AMX tiles: row-major rows of `kp` values
+/// (`k` zero-padded to whole tile steps), rows padded with zero rows to a multiple of the tile height, as `u32`
+/// pairs.
+#[cfg(target_arch = "x86_64")]
+fn pack_rows_amx(a: &[f32], m: usize, k: usize, kp: usize, ln: Option<LnRows>) -> Vec<u32> {
+    let mut out = SCRATCH_U32.take(m.div_ceil(amx::TM) * amx::TM * kp / 2);
+    out.par_chunks_mut(kp / 2)
+        .with_min_len(8)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; if ln.is_some() { k } else { 0 }],
+            |tmp, (r, row)| {
+                if r >= m {
+                    row.fill(0);
+                    return;
+                }
+                let mut src = &a[r * k..][..k];
+                if let Some(ln) = ln {
+                    ln.apply(r, src, tmp);
+                    src = tmp;
+                }
+                row[k / 2..].fill(0);
+                // SAFETY: AMX layers exist only where AVX512-BF16 is present (`amx::available`); `row` holds
+                // `kp >= k` bf16 values.
+                unsafe { avx512::to_bf16(src.as_ptr(), row.as_mut_ptr().cast::<u16>(), k) };
+            },
+        );
     out
 }
 
@@ -1326,7 +1447,14 @@ mod tests {
     #[test]
     fn products_and_epilogues_match_f64() {
         // Odd sizes: row tails (m % 8), column tails (n % 48), odd depth (bf16 pair padding).
-        for &(m, k, n) in &[(1, 5, 3), (9, 33, 50), (17, 64, 96), (2, 7, 145)] {
+        // 40 x 100 x 97: AMX blocks of 16 rows, a half-used second half, gate rows that change inside a block.
+        for &(m, k, n) in &[
+            (1, 5, 3),
+            (9, 33, 50),
+            (17, 64, 96),
+            (2, 7, 145),
+            (40, 100, 97),
+        ] {
             let a = rand(m * k, 1);
             let w = rand(k * n, 2);
             let b = rand(n, 3);
@@ -1347,7 +1475,7 @@ mod tests {
             for kernels in kernels_here() {
                 let mut formats = vec![(WeightFormat::F32, Bf16Products::Widen)];
                 if kernels.has_bf16() {
-                    for products in [Bf16Products::Widen, Bf16Products::Dot] {
+                    for products in [Bf16Products::Widen, Bf16Products::Dot, Bf16Products::Amx] {
                         if products.supported() {
                             formats.push((WeightFormat::Bf16, products));
                         }
@@ -1377,7 +1505,7 @@ mod tests {
                             (WeightFormat::F32, _) | (WeightFormat::Bf16, Bf16Products::Widen) => {
                                 (a.clone(), 1e-5)
                             }
-                            (WeightFormat::Bf16, Bf16Products::Dot) => (
+                            (WeightFormat::Bf16, Bf16Products::Dot | Bf16Products::Amx) => (
                                 a.iter()
                                     .map(|&x| f32::from_bits(u32::from(avx512::bf16_bits(x)) << 16))
                                     .collect(),
@@ -1474,10 +1602,22 @@ mod tests {
             ln.apply(r, &x[r * k..][..k], &mut normed[r * k..][..k]);
         }
         for kernels in kernels_here() {
-            let layer = PackedLinear::pack(&w, &b, k, n, WeightFormat::F32, kernels).unwrap();
-            let want = layer.forward(&normed, m, Epilogue::BiasGelu).unwrap();
-            let got = layer.forward_ln(&x, m, ln, Epilogue::BiasGelu).unwrap();
-            assert_eq!(got, want, "{kernels:?}");
+            let mut layers =
+                vec![PackedLinear::pack(&w, &b, k, n, WeightFormat::F32, kernels).unwrap()];
+            if kernels.has_bf16() && Bf16Products::Amx.supported() {
+                // The prologue goes through the AMX rows' packing too.
+                let products = Bf16Products::Amx;
+                layers.push(
+                    PackedLinear::pack_with(&w, &b, k, n, WeightFormat::Bf16, kernels, products)
+                        .unwrap(),
+                );
+            }
+            for layer in &layers {
+                let want = layer.forward(&normed, m, Epilogue::BiasGelu).unwrap();
+                let got = layer.forward_ln(&x, m, ln, Epilogue::BiasGelu).unwrap();
+                assert_eq!(got, want, "{kernels:?} {:?}", layer.bf16_products());
+            }
+            let layer = &layers[0];
             let short = LnRows {
                 shift: &modulation[..3 * k],
                 ..ln

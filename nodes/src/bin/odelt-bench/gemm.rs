@@ -84,9 +84,10 @@ pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<String>, Vec<Vec<f6
         packed.push((CpuKernels::Avx2, WeightFormat::F32, Bf16Products::Widen));
     }
     if here.has_bf16() {
-        // Both bf16 products where the CPU has both; the first is the one the model uses here.
+        // Every bf16 product the CPU has; the first is the one the model uses here.
         let chosen = Bf16Products::detect();
-        for products in [chosen, other(chosen)] {
+        let all = [Bf16Products::Amx, Bf16Products::Dot, Bf16Products::Widen];
+        for products in std::iter::once(chosen).chain(all.into_iter().filter(|&p| p != chosen)) {
             if products.supported() {
                 names.push(format!("odelt packed bf16, {}", short(products)));
                 packed.push((here, WeightFormat::Bf16, products));
@@ -146,17 +147,11 @@ pub fn measure(shapes: &[Shape], runs: usize) -> Result<(Vec<String>, Vec<Vec<f6
     Ok((names, rows))
 }
 
-fn other(p: Bf16Products) -> Bf16Products {
-    match p {
-        Bf16Products::Dot => Bf16Products::Widen,
-        Bf16Products::Widen => Bf16Products::Dot,
-    }
-}
-
 fn short(p: Bf16Products) -> &'static str {
     match p {
         Bf16Products::Dot => "dot",
         Bf16Products::Widen => "widened",
+        Bf16Products::Amx => "amx",
     }
 }
 
@@ -169,12 +164,14 @@ pub fn run(hidden: usize, tokens: usize, batch: usize, square: usize, runs: usiz
         rayon::current_num_threads(),
         machine::loadavg()
     );
-    let (f32_peak, bf16_peak) = peak::measure();
+    let (f32_peak, bf16_peak, amx_peak) = peak::measure();
     let fmt = |p: Option<f64>| p.map_or("-".to_string(), |g| format!("{g:.1}"));
     println!(
-        "arithmetic peak, GFLOP/s (register-only FMA chains on every thread): f32 {}, bf16 {}",
+        "arithmetic peak, GFLOP/s (register-only chains on every thread): f32 FMA {}, bf16 vdpbf16ps {}, \
+         bf16 AMX {}",
         fmt(f32_peak),
-        fmt(bf16_peak)
+        fmt(bf16_peak),
+        fmt(amx_peak)
     );
     if CpuKernels::detect().has_bf16() {
         println!(

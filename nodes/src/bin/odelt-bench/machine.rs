@@ -129,7 +129,7 @@ impl RefMatmul {
                         "odelt packed f32 (avx2)"
                     }
                     (WeightFormat::F32, _) => "odelt packed f32",
-                    (WeightFormat::Bf16, Some(Bf16Products::Dot)) => {
+                    (WeightFormat::Bf16, Some(Bf16Products::Dot | Bf16Products::Amx)) => {
                         operands = "bf16 x bf16 -> f32";
                         "odelt packed bf16"
                     }

@@ -134,7 +134,8 @@ struct BenchArgs {
     #[arg(long)]
     profile: bool,
     /// Precision of the forward and the memory children: fp32, bf16 (on an AVX-512 CPU: bf16 weights, f32 accumulation,
-    /// with a bf16 reference matmul; bf16 products where the CPU's vdpbf16ps is fast, else the weights widened to f32)
+    /// with a bf16 reference matmul; AMX tiles where the CPU has them, else bf16 products where its vdpbf16ps is fast,
+    /// else the weights widened to f32)
     /// or fp16.
     #[arg(long, default_value = "fp32")]
     precision: odelt_nodes::pipeline::Precision,

@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Precision of the model's blocks: fp32, bf16 or fp16. bf16 on an AVX-512 CPU runs the fused kernels
-    /// (bf16 weights, f32 accumulation; the inputs rounded to bf16 too where vdpbf16ps is fast), elsewhere candle's reference ops in that dtype; the outputs
+    /// (bf16 weights, f32 accumulation; the inputs rounded to bf16 too on AMX or where vdpbf16ps is fast), elsewhere candle's reference ops in that dtype; the outputs
     /// say which ran.
     #[arg(long, default_value = "fp32")]
     precision: Precision,
@@ -217,6 +217,11 @@ pub fn compute_path(model: &Dit) -> String {
             Bf16Products::Dot => format!(
                 "fused CPU kernels, bf16 weights, every product's inputs rounded to bf16 with f32 accumulation, \
                  f32 activations between the products ({})",
+                CpuKernels::detect().name()
+            ),
+            Bf16Products::Amx => format!(
+                "fused CPU kernels, bf16 weights, every dense layer's inputs rounded to bf16 and multiplied on \
+                 AMX tiles with f32 accumulation, f32 attention and activations between the products ({})",
                 CpuKernels::detect().name()
             ),
             Bf16Products::Widen => format!(

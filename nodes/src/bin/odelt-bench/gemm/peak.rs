@@ -1,5 +1,6 @@
 //! The CPU's arithmetic peak as this build reaches it: independent chains of AVX-512 FMAs (f32; AVX2 FMAs on CPUs
-//! without AVX-512) and `vdpbf16ps` (bf16 pairs, f32 accumulation) on every rayon thread, no memory traffic. The ceiling the products of
+//! without AVX-512), `vdpbf16ps` (bf16 pairs, f32 accumulation) and, where present, AMX `tdpbf16ps` on every
+//! rayon thread, no memory traffic. The ceiling the products of
 //! `odelt-bench gemm` are read against.
 //!
 //! 16 chains per thread (more than latency x throughput of either instruction; 24 made the compiler spill them),
@@ -11,29 +12,35 @@ use std::time::Instant;
 
 use odelt_nodes::model::packed::arithmetic_chains;
 
-/// GFLOP/s of f32 FMAs and bf16 dot products on all threads, where the CPU has them.
-pub fn measure() -> (Option<f64>, Option<f64>) {
+/// GFLOP/s of f32 FMAs, bf16 dot products and AMX bf16 tiles on all threads, where the CPU has them.
+pub fn measure() -> (Option<f64>, Option<f64>, Option<f64>) {
     #[cfg(target_arch = "x86_64")]
     {
-        let f32_peak = arithmetic_chains(false, 1).is_some().then(|| run(false));
-        let bf16_peak = arithmetic_chains(true, 1).is_some().then(|| run(true));
-        (f32_peak, bf16_peak)
+        let f32_peak = arithmetic_chains(false, 1)
+            .is_some()
+            .then(|| run(5_000_000, |n| arithmetic_chains(false, n)));
+        let bf16_peak = arithmetic_chains(true, 1)
+            .is_some()
+            .then(|| run(5_000_000, |n| arithmetic_chains(true, n)));
+        // A round of the AMX probe is 12 tile products (196 K FLOP): 20 000 rounds take about 3 ms per core.
+        let amx_peak = odelt_nodes::model::amx::available()
+            .then(|| run(20_000, odelt_nodes::model::amx::chains));
+        (f32_peak, bf16_peak, amx_peak)
     }
     #[cfg(not(target_arch = "x86_64"))]
-    (None, None)
+    (None, None, None)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn run(bf16: bool) -> f64 {
-    const ITERS: usize = 5_000_000;
+fn run(iters: usize, chains: impl Fn(usize) -> Option<f64> + Sync) -> f64 {
     // Every thread at once: a warm-up (clocks up), then its best of three timed passes.
     rayon::broadcast(|_| {
-        arithmetic_chains(bf16, ITERS / 5);
+        chains(iters / 5);
         let mut best = f64::MAX;
         let mut flop = 0.0;
         for _ in 0..3 {
             let t0 = Instant::now();
-            flop = arithmetic_chains(bf16, ITERS).unwrap_or(0.0);
+            flop = chains(iters).unwrap_or(0.0);
             best = best.min(t0.elapsed().as_secs_f64());
         }
         flop / best / 1e9
