@@ -6,14 +6,15 @@
 #
 #   cargo build --release -p odelt-nodes --bin odelt-model && scripts/results-bf16.sh
 #
-# B, MODEL and OUT override the binary, the model and the output folder (OUT/fp32.*, OUT/bf16.*). The table of
+# B, MODEL, OUT and LENGTHS override the binary, the model, the output folder (OUT/fp32.*, OUT/bf16.*). The table of
 # bf16.md is printed at the end (scripts/compare-tables.py does the same for FD only).
 set -euo pipefail
 B=${B:-target/release/odelt-model}
 MODEL=${MODEL:-models/fashion-dit.safetensors}
 OUT=${OUT:-docs/results/bf16}
 export RAYON_NUM_THREADS=1
-E="eval --model $MODEL --classifier models/classifier.safetensors --batch 500 --seed 1 --n 2000 --steps 1,8,128 --lengths 6,4,2"
+LENGTHS=${LENGTHS:-6,4,2}
+E="eval --model $MODEL --classifier models/classifier.safetensors --batch 500 --seed 1 --n 2000 --steps 1,8,128 --lengths $LENGTHS"
 mkdir -p "$OUT"
 lscpu | grep -m1 'Model name' || true
 grep -qw avx512_bf16 /proc/cpuinfo && echo "AVX512-BF16: yes" || echo "AVX512-BF16: no"; grep -qw avx512f /proc/cpuinfo || echo "no AVX-512: bf16 runs candle's reference ops"
