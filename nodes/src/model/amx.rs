@@ -1,8 +1,10 @@
 //! Intel AMX (Advanced Matrix Extensions) tiles for [`super::packed`]'s bf16 layers, on the Xeons that have them
 //! (Sapphire Rapids and later): `tdpbf16ps` multiplies a `16 x 32` bf16 tile of `A` by a `32 x 16` bf16 tile of the
 //! weights (depth pairs interleaved: exactly the pair-interleaved bf16 panels the AVX512-BF16 tiles read) into a
-//! `16 x 16` f32 tile, 16 384 FLOP per instruction: on the development Xeon about 1.3 TFLOP/s per core from
-//! registers, against about 0.1 TFLOP/s for its f32 FMAs and half that for its `vdpbf16ps` (docs/benchmarks.md).
+//! `16 x 16` f32 tile, 16 384 FLOP per instruction: on the development Xeon about 2.3 TFLOP/s per core from
+//! registers, against about 0.12 TFLOP/s for its f32 FMAs and half that for its `vdpbf16ps` (`odelt-bench gemm`'s
+//! arithmetic peak, docs/benchmarks.md). The products reach only 0.35-0.44 TFLOP/s on both cores: each 32-deep
+//! step reloads 4 KB of tiles from L2.
 //!
 //! One call multiplies 16 rows of `A` by a whole 48-column panel (three accumulator tiles, one `A` tile, three
 //! weight tiles: 7 of the 8 tile registers), over the depth in steps of 32, and stores the `16 x 48` f32 result

@@ -68,7 +68,8 @@ pub enum Bf16Products {
     /// f32 activations and FMAs.
     Widen,
     /// Intel AMX tiles ([`super::amx`]): the activations rounded to bf16, `16 x 48` blocks of `tdpbf16ps`, the
-    /// same arithmetic as `Dot` at about 25 times its rate on a Sapphire Rapids Xeon.
+    /// same arithmetic as `Dot`; on the development Xeon 3.4-3.8x `Dot`'s GFLOP/s in DiT-B's block products and
+    /// 2.1-3.1x the f32 tiles' (`odelt-bench gemm`, docs/benchmarks.md).
     Amx,
 }
 
