@@ -787,8 +787,9 @@ impl PackedLinear {
                 };
             }
             // The AMX layers' products of one row tile (the adaLN rows) too: they are memory-bound, and the
-            // `vdpbf16ps` tile streams the panel with prefetches (33 against 24 GFLOP/s on AMX tiles of one
-            // used row, `odelt-bench gemm`); same arithmetic, and the padded panels start with the same pairs.
+            // `vdpbf16ps` tile streams the panel with prefetches (32.6 against 24.4 GFLOP/s for AMX tiles with one
+            // used row, measured before this dispatch existed, docs/benchmarks.md); same arithmetic, and the
+            // padded panels start with the same pairs.
             #[cfg(target_arch = "x86_64")]
             &Weights::Bf16Panels {
                 ref w, products, ..
