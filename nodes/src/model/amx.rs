@@ -1,15 +1,27 @@
 //! Intel AMX (Advanced Matrix Extensions) tiles for [`super::packed`]'s bf16 layers, on the Xeons that have them
 //! (Sapphire Rapids and later): `tdpbf16ps` multiplies a `16 x 32` bf16 tile of `A` by a `32 x 16` bf16 tile of the
-//! weights (depth pairs interleaved: exactly the pair-interleaved bf16 panels the AVX512-BF16 tiles read) into a
-//! `16 x 16` f32 tile, 16 384 FLOP per instruction: on the development Xeon about 2.3 TFLOP/s per core from
-//! registers, against about 0.12 TFLOP/s for its f32 FMAs and half that for its `vdpbf16ps` (`odelt-bench gemm`'s
-//! arithmetic peak, docs/benchmarks.md). The products reach only 0.35-0.44 TFLOP/s on both cores: each 32-deep
-//! step reloads 4 KB of tiles from L2.
+//! weights (depth pairs interleaved, as the AVX512-BF16 tiles read them) into a `16 x 16` f32 tile, 16 384 FLOP per
+//! instruction.
 //!
-//! One call multiplies 16 rows of `A` by a whole 48-column panel (three accumulator tiles, one `A` tile, three
-//! weight tiles: 7 of the 8 tile registers), over the depth in steps of 32, and stores the `16 x 48` f32 result
-//! to a block that the AVX-512 epilogue ([`super::avx512::finish_block`]) finishes. The products' arithmetic is
-//! that of `vdpbf16ps`: bf16 inputs, f32 accumulation, round to nearest even, denormals flushed.
+//! What bounds these products is the tile loads, not the arithmetic. On the development Xeon (2026-12-03,
+//! docs/benchmarks.md) a `tdpbf16ps` from registers issues about every 5 ns per core ([`chains`]), but a `tileloadd`
+//! of 1 KB takes about 15 ns even from L1 ([`loads`]): three times what the same kilobyte costs as 16 `zmm` loads.
+//! So the kernels are shaped to load as few tiles per product as the 8 tile registers allow, and to load each tile
+//! from consecutive lines:
+//! - [`rows32`] multiplies 32 rows of `A` by a 48-column panel: a 2 x 2 block of accumulators over the first two
+//!   column tiles (each loaded tile feeds two products), then 2 x 1 over the third, 7 loads per 6 products;
+//!   [`rows16`] is the 16-row remainder (1 `A` tile, 3 weight tiles, 4 loads per 3 products).
+//! - The packed activations ([`row_index`]) and the weight panels ([`weight_index`]) hold each tile as one
+//!   contiguous kilobyte per 32-deep step, rather than 16 rows at the row stride.
+//!
+//! Against the first kernel (16 rows per call on row-major packed rows and pair-row panels), this measured 1.23-1.43
+//! against 1.03-1.12 TFLOP/s for DiT-B's qkv and mlp-in products at batch 1 on both cores (`odelt-bench gemm`), 5-10 %
+//! faster mlp-out and attn-out layers, and 1-4 % faster bf16 forwards at batch 8 (none at batch 1, where the
+//! products are 60 % of the forward).
+//!
+//! The f32 result of a call is stored to a block that the AVX-512 epilogue ([`super::avx512::finish_block`])
+//! finishes (bias, GELU, gated residual). The products' arithmetic is that of `vdpbf16ps`: bf16 inputs, f32
+//! accumulation, round to nearest even, denormals flushed.
 //!
 //! Written with `asm!` because Rust's AMX intrinsics and `is_x86_feature_detected!("amx-bf16")` are unstable
 //! (`x86_amx_intrinsics`); the tile registers are never allocated by the compiler, so the blocks share them
@@ -99,36 +111,51 @@ impl Tiles {
     }
 }
 
-/// `c[16, 48] = a[16, 32 chunks] · w`: `a` holds 16 rows of bf16 `lda` values apart (at least `32 chunks` each),
-/// `w` a pair-interleaved panel of `16 chunks` rows of 96 bf16 (`w[2p][j], w[2p+1][j]` side by side), `c` 16 rows
-/// of 48 f32, contiguous.
+/// bf16 values of one `A` tile: 16 rows of one 32-deep step.
+pub const A_TILE: usize = TM * TK;
+/// bf16 values of one 32-deep step of a weight panel: three `16 pairs x 16 columns` tiles, one after another.
+const W_STEP: usize = TK * COLS;
+/// bf16 values of one weight tile.
+const W_TILE: usize = TK * 16;
+
+/// Where the bf16 weight of depth pair `q` (depths `2q`, `2q + 1`), column `j` (of the panel's 48) and depth parity
+/// `h` sits in a panel: per 32-deep step, each 16-column tile is a contiguous `16 pairs x 16 columns x 2` block, so
+/// that every tile load reads 1 KB of consecutive lines.
+pub const fn weight_index(q: usize, j: usize, h: usize) -> usize {
+    (q / 16) * W_STEP + (j / 16) * W_TILE + (q % 16) * 32 + (j % 16) * 2 + h
+}
+
+/// Where element `(r, kk)` of `A` (depth padded to `kp`, a multiple of [`TK`]) sits in the packed rows: per 16-row
+/// tile and 32-deep step, one contiguous `16 x 32` tile.
+pub const fn row_index(r: usize, kk: usize, kp: usize) -> usize {
+    (r / TM) * TM * kp + (kk / TK) * A_TILE + (r % TM) * TK + kk % TK
+}
+
+/// `c[16, 48] = a[16, 32 chunks] · w`: `a` one 16-row tile of the packed rows ([`row_index`]), `w` one panel of
+/// `16 chunks` pairs ([`weight_index`]), `c` 16 rows of 48 f32, contiguous.
 ///
 /// # Safety
 /// A [`Tiles`] is alive on this thread; the extents above are readable (`a`, `w`) and writable (`c`).
 #[inline]
-pub unsafe fn panel(chunks: usize, a: *const u16, lda: usize, w: *const u16, c: *mut f32) {
+pub unsafe fn rows16(chunks: usize, a: *const u16, w: *const u16, c: *mut f32) {
     asm!(
         "tilezero tmm0",
         "tilezero tmm1",
         "tilezero tmm2",
         options(nostack, nomem, preserves_flags)
     );
-    let (a_stride, w_stride) = (lda * 2, COLS * 4);
     for step in 0..chunks {
-        let ap = a.add(step * TK);
-        let wp = w.add(step * TK * COLS);
         asm!(
-            "tileloadd tmm3, [{a} + {sa}*1]",
-            "tileloadd tmm4, [{w} + {sw}*1]",
-            "tileloadd tmm5, [{w} + {sw}*1 + 64]",
-            "tileloadd tmm6, [{w} + {sw}*1 + 128]",
+            "tileloadd tmm3, [{a} + {s}*1]",
+            "tileloadd tmm4, [{w} + {s}*1]",
             "tdpbf16ps tmm0, tmm3, tmm4",
+            "tileloadd tmm5, [{w} + {s}*1 + 1024]",
             "tdpbf16ps tmm1, tmm3, tmm5",
+            "tileloadd tmm6, [{w} + {s}*1 + 2048]",
             "tdpbf16ps tmm2, tmm3, tmm6",
-            a = in(reg) ap,
-            sa = in(reg) a_stride,
-            w = in(reg) wp,
-            sw = in(reg) w_stride,
+            a = in(reg) a.add(step * A_TILE),
+            w = in(reg) w.add(step * W_STEP),
+            s = in(reg) 64usize,
             options(nostack, readonly, preserves_flags)
         );
     }
@@ -137,6 +164,76 @@ pub unsafe fn panel(chunks: usize, a: *const u16, lda: usize, w: *const u16, c: 
         "tilestored [{c} + {s}*1 + 64], tmm1",
         "tilestored [{c} + {s}*1 + 128], tmm2",
         c = in(reg) c,
+        s = in(reg) COLS * 4,
+        options(nostack, preserves_flags)
+    );
+}
+
+/// [`rows16`] for two 16-row tiles at once (`a1` the second), into 32 rows of `c`: the first two column tiles as a
+/// 2 x 2 block of accumulators (each loaded tile feeds two products), then the third as 2 x 1. Tile loads are
+/// what bounds these products (about 15 ns per 1 KB tile on the development Xeon against 5 ns per `tdpbf16ps`,
+/// `amx` tests' probe), so the 1.17 loads per product here beat [`rows16`]'s 1.33.
+///
+/// # Safety
+/// As for [`rows16`], for both tiles of `a` and all 32 rows of `c`.
+#[inline]
+pub unsafe fn rows32(chunks: usize, a: *const u16, a1: *const u16, w: *const u16, c: *mut f32) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem, preserves_flags)
+    );
+    for step in 0..chunks {
+        asm!(
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tileloadd tmm6, [{w} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{w} + {s}*1 + 1024]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a = in(reg) a.add(step * A_TILE),
+            a1 = in(reg) a1.add(step * A_TILE),
+            w = in(reg) w.add(step * W_STEP),
+            s = in(reg) 64usize,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    let lower = c.add(TM * COLS);
+    asm!(
+        "tilestored [{c} + {s}*1], tmm0",
+        "tilestored [{c} + {s}*1 + 64], tmm1",
+        "tilestored [{d} + {s}*1], tmm2",
+        "tilestored [{d} + {s}*1 + 64], tmm3",
+        "tilezero tmm0",
+        "tilezero tmm1",
+        c = in(reg) c,
+        d = in(reg) lower,
+        s = in(reg) COLS * 4,
+        options(nostack, preserves_flags)
+    );
+    for step in 0..chunks {
+        asm!(
+            "tileloadd tmm6, [{w} + {s}*1 + 2048]",
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            "tdpbf16ps tmm1, tmm5, tmm6",
+            a = in(reg) a.add(step * A_TILE),
+            a1 = in(reg) a1.add(step * A_TILE),
+            w = in(reg) w.add(step * W_STEP),
+            s = in(reg) 64usize,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    asm!(
+        "tilestored [{c} + {s}*1 + 128], tmm0",
+        "tilestored [{d} + {s}*1 + 128], tmm1",
+        c = in(reg) c,
+        d = in(reg) lower,
         s = in(reg) COLS * 4,
         options(nostack, preserves_flags)
     );
@@ -191,6 +288,38 @@ pub fn chains(iters: usize) -> Option<f64> {
     Some((iters * 12 * TM * 16 * TK * 2) as f64)
 }
 
+/// Bytes of `iters` rounds of 8 tile loads (1 KB each) from an 8 KB buffer that stays in L1, on the calling
+/// thread (the AMX tile-load column of `odelt-bench gemm`'s arithmetic peak: what bounds [`rows32`]), or `None`
+/// without AMX.
+pub fn loads(iters: usize) -> Option<f64> {
+    if !available() {
+        return None;
+    }
+    let buf = vec![0u16; 8 * A_TILE];
+    let p = buf.as_ptr();
+    // SAFETY: AMX is available; each load reads 16 rows of 64 bytes inside `buf`.
+    unsafe {
+        let tiles = Tiles::configure();
+        for _ in 0..iters {
+            asm!(
+                "tileloadd tmm0, [{p} + {s}*1]",
+                "tileloadd tmm1, [{p} + {s}*1 + 1024]",
+                "tileloadd tmm2, [{p} + {s}*1 + 2048]",
+                "tileloadd tmm3, [{p} + {s}*1 + 3072]",
+                "tileloadd tmm4, [{p} + {s}*1 + 4096]",
+                "tileloadd tmm5, [{p} + {s}*1 + 5120]",
+                "tileloadd tmm6, [{p} + {s}*1 + 6144]",
+                "tileloadd tmm7, [{p} + {s}*1 + 7168]",
+                p = in(reg) p,
+                s = in(reg) 64usize,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        drop(tiles);
+    }
+    Some((iters * 8 * 1024) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,45 +328,68 @@ mod tests {
         super::super::avx512::bf16_bits(x)
     }
 
-    /// One call against the same sums in f64 over the bf16-rounded inputs (exact products, so only the f32
-    /// accumulation differs).
+    /// [`rows16`] and [`rows32`] against the same sums in f64 over the bf16-rounded inputs (exact products, so
+    /// only the f32 accumulation differs), on the packed layouts of [`row_index`] and [`weight_index`].
     #[test]
-    fn one_panel_is_the_bf16_product() {
+    fn both_kernels_are_the_bf16_product() {
         if !available() {
             eprintln!("skipped: no AMX on this CPU");
             return;
         }
-        let (chunks, lda) = (3, 3 * TK + 8);
-        let a: Vec<u16> = (0..TM * lda)
-            .map(|i| bf16(((i * 37 % 101) as f32 - 50.0) / 25.0))
-            .collect();
-        let k = chunks * TK;
-        // Logical weights w[kk][j], stored pair-interleaved.
+        let (chunks, m) = (3, 2 * TM);
+        let kp = chunks * TK;
+        let av = |r: usize, kk: usize| (((r * kp + kk) * 37 % 101) as f32 - 50.0) / 25.0;
         let wv = |kk: usize, j: usize| ((kk * 13 + j * 7) % 29) as f32 / 8.0 - 1.75;
-        let mut w = vec![0u16; (k / 2) * 2 * COLS];
-        for kk in 0..k {
-            for j in 0..COLS {
-                w[(kk / 2) * 2 * COLS + 2 * j + kk % 2] = bf16(wv(kk, j));
+        let mut a = vec![0u16; m * kp];
+        for r in 0..m {
+            for kk in 0..kp {
+                a[row_index(r, kk, kp)] = bf16(av(r, kk));
             }
         }
-        let mut c = vec![f32::NAN; TM * COLS];
-        // SAFETY: AMX is available; the buffers hold the extents `panel` reads and writes.
-        unsafe {
-            let _tiles = Tiles::configure();
-            panel(chunks, a.as_ptr(), lda, w.as_ptr(), c.as_mut_ptr());
+        let mut w = vec![0u16; kp * COLS];
+        for kk in 0..kp {
+            for j in 0..COLS {
+                w[weight_index(kk / 2, j, kk % 2)] = bf16(wv(kk, j));
+            }
         }
         let up = |b: u16| f32::from_bits(u32::from(b) << 16) as f64;
-        for r in 0..TM {
-            for j in 0..COLS {
-                let want: f64 = (0..k)
-                    .map(|kk| up(a[r * lda + kk]) * up(bf16(wv(kk, j))))
-                    .sum();
-                let got = c[r * COLS + j] as f64;
-                assert!(
-                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "row {r} col {j}: {got} vs {want}"
-                );
+        let check = |c: &[f32], rows: usize| {
+            for r in 0..rows {
+                for j in 0..COLS {
+                    let want: f64 = (0..kp)
+                        .map(|kk| up(bf16(av(r, kk))) * up(bf16(wv(kk, j))))
+                        .sum();
+                    let got = c[r * COLS + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{rows} rows: row {r} col {j}: {got} vs {want}"
+                    );
+                }
             }
+        };
+        let mut c16 = vec![f32::NAN; TM * COLS];
+        let mut c32 = vec![f32::NAN; 2 * TM * COLS];
+        // SAFETY: AMX is available; the buffers hold the extents the kernels read and write.
+        unsafe {
+            let _tiles = Tiles::configure();
+            rows16(chunks, a.as_ptr(), w.as_ptr(), c16.as_mut_ptr());
+            rows32(
+                chunks,
+                a.as_ptr(),
+                a.as_ptr().add(TM * kp),
+                w.as_ptr(),
+                c32.as_mut_ptr(),
+            );
+        }
+        check(&c16, TM);
+        check(&c32, 2 * TM);
+    }
+
+    #[test]
+    fn the_load_probe_counts_its_bytes() {
+        match loads(10) {
+            Some(bytes) => assert_eq!(bytes, 80.0 * 1024.0),
+            None => assert!(!available()),
         }
     }
 

@@ -359,14 +359,17 @@ pub unsafe fn tile_f32<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 /// One bf16 tile: like [`tile_f32`] with `a` packed as `[pairs, 8, 2]` bf16 (each row's depth pair side by side)
-/// and the panel `w` as `pairs` rows of 96 bf16 (`w[2p][j], w[2p+1][j]` side by side for `j` in `0..48`).
+/// and the panel `w` holding `w[2p][j], w[2p+1][j]` side by side for `j` in `0..48`, in blocks of 16 pairs (1536
+/// bf16) inside which `strides = (pair, vector)` step from one pair to the next and from one 16-column vector to
+/// the next: `(96, 32)` is plain pair rows of 96 bf16, `(32, 512)` the AMX panels' tiles.
 ///
 /// # Safety
-/// As [`tile_f32`], plus AVX512-BF16 present.
+/// As [`tile_f32`], plus AVX512-BF16 present; `w` readable for `pairs.div_ceil(16) * 1536` bf16 values.
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 pub unsafe fn tile_bf16<const R: usize>(
     pairs: usize,
+    (ps, vs): (usize, usize),
     a: *const u16,
     w: *const u16,
     bias: *const f32,
@@ -378,7 +381,6 @@ pub unsafe fn tile_bf16<const R: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let mut ap = a.cast::<i32>();
-    let mut wp = w;
     for kk in 0..pairs {
         if kk < next.lines {
             _mm_prefetch::<_MM_HINT_T1>(next.ptr.add(64 * kk));
@@ -386,11 +388,13 @@ pub unsafe fn tile_bf16<const R: usize>(
         if kk < R {
             prefetch_destination(kk, c, ldc, cols, &epi);
         }
+        // Pair kk's first vector; `2 * PF` ahead is the same vector three 16-pair blocks on in both layouts.
+        let wp = w.add((kk / 16) * 32 * NR + (kk % 16) * ps);
         let mut wv: [__m512bh; NV] = std::mem::zeroed();
         for v in 0..NV {
-            _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + 32 * v).cast());
+            _mm_prefetch::<_MM_HINT_T0>(wp.add(2 * PF + vs * v).cast());
             wv[v] =
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp.add(32 * v).cast()));
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp.add(vs * v).cast()));
         }
         for r in 0..R {
             let pair = ap.add(r).read_unaligned();
@@ -399,7 +403,6 @@ pub unsafe fn tile_bf16<const R: usize>(
                 acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, wv[v]);
             }
         }
-        wp = wp.add(2 * NR);
         ap = ap.add(MR);
     }
     finish::<R>(&acc, bias, c, ldc, cols, epi);

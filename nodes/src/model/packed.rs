@@ -135,6 +135,26 @@ impl Bf16Products {
             _ => k.div_ceil(2),
         }
     }
+
+    /// Where the weight of depth pair `q`, panel column `j`, depth parity `h` sits in a panel: pair rows of 96
+    /// bf16 for the `vdpbf16ps` tiles, contiguous 1 KB tiles per 32-deep step for AMX ([`super::amx::weight_index`]).
+    fn panel_index(self, q: usize, j: usize, h: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Products::Amx => super::amx::weight_index(q, j, h),
+            _ => q * 2 * NR + 2 * j + h,
+        }
+    }
+
+    /// The strides (bf16 values) the `vdpbf16ps` tile ([`avx512::tile_bf16`]) steps by inside a 16-pair block of
+    /// these panels: from one pair to the next, and from one 16-column vector to the next.
+    #[cfg(target_arch = "x86_64")]
+    fn dot_strides(self) -> (usize, usize) {
+        match self {
+            Bf16Products::Amx => (32, 16 * 32),
+            _ => (2 * NR, 32),
+        }
+    }
 }
 
 /// The last bf16 panel this thread widened to f32 (`Bf16Products::Widen`): a task's tiles of one panel follow each
@@ -426,9 +446,9 @@ impl PackedLinear {
                         let cols = (n - p * NR).min(NR);
                         for kk in 0..k {
                             let row = &kernel[kk * n + p * NR..][..cols];
-                            let dst = &mut panel[(kk / 2) * 2 * NR..];
                             for (j, &v) in row.iter().enumerate() {
-                                dst[2 * j + kk % 2] = avx512::bf16_bits(v);
+                                panel[products.panel_index(kk / 2, j, kk % 2)] =
+                                    avx512::bf16_bits(v);
                             }
                         }
                     });
@@ -494,8 +514,8 @@ impl PackedLinear {
                 let pairs = products.panel_pairs(k);
                 for kk in 0..k {
                     for j in 0..n {
-                        let bits = w
-                            [(j / NR) * pairs * 2 * NR + (kk / 2) * 2 * NR + 2 * (j % NR) + kk % 2];
+                        let bits = w[(j / NR) * pairs * 2 * NR
+                            + products.panel_index(kk / 2, j % NR, kk % 2)];
                         out[kk * n + j] = f32::from_bits(u32::from(bits) << 16);
                     }
                 }
@@ -798,6 +818,7 @@ impl PackedLinear {
                     unreachable!("checked above: row tiles need f32 panels")
                 };
                 let pairs = Bf16Products::Dot.panel_pairs(k);
+                let strides = products.dot_strides();
                 let ap = pack_rows_bf16(a, m, k, ln);
                 let panel_len = products.panel_pairs(k) * 2 * NR;
                 self.tiled(
@@ -814,6 +835,7 @@ impl PackedLinear {
                             tile_bf16_dyn(
                                 rows,
                                 pairs,
+                                strides,
                                 ap.as_ptr().add(r0 * pairs).cast::<u16>(),
                                 w.as_ptr().add(p * panel_len),
                                 self.bias.as_ptr().add(p * NR),
@@ -845,46 +867,44 @@ impl PackedLinear {
                     out.as_mut_ptr(),
                     epi,
                     false,
-                    amx::TM,
+                    2 * amx::TM,
                     true,
                     |r0, rows, p, c, ldc, cols, te, _next| {
-                        let mut block = std::mem::MaybeUninit::<[f32; amx::TM * NR]>::uninit();
+                        let mut block = std::mem::MaybeUninit::<[f32; 2 * amx::TM * NR]>::uninit();
                         let acc = block.as_mut_ptr().cast::<f32>();
-                        // SAFETY: `tiled` configured the tiles on this task's thread; the packed rows hold
-                        // `amx::TM` rows of `kp` from `r0` (a multiple of TM below `m`), panel `p` exists and
-                        // holds `kp / 2` pair rows; `panel` writes the whole block before the epilogues read it;
-                        // `c` points at row r0 of panel p's columns, valid for `rows` rows.
+                        // SAFETY: `tiled` configured the tiles on this task's thread; `r0` is a multiple of 32
+                        // below `m`, so the packed rows hold the tile at r0 and, when `rows > 16`, the next one;
+                        // panel `p` holds `kp / 2` pairs; the kernels write the block's first `rows` rows (whole
+                        // tiles) before the epilogues read them; `c` points at row r0 of panel p's columns, valid
+                        // for `rows` rows.
                         unsafe {
-                            amx::panel(
-                                kp / amx::TK,
-                                ap.as_ptr().cast::<u16>().add(r0 * kp),
-                                kp,
-                                w.as_ptr().add(p * panel_len),
-                                acc,
-                            );
+                            let a0 = ap.as_ptr().cast::<u16>().add(r0 * kp);
+                            let w = w.as_ptr().add(p * panel_len);
+                            if rows > amx::TM {
+                                amx::rows32(kp / amx::TK, a0, a0.add(amx::TM * kp), w, acc);
+                            } else {
+                                amx::rows16(kp / amx::TK, a0, w, acc);
+                            }
                             let bias = self.bias.as_ptr().add(p * NR);
-                            avx512::by_rows!(
-                                rows.min(MR),
-                                finish_block,
-                                acc,
-                                bias,
-                                c,
-                                ldc,
-                                cols,
-                                te
-                            );
-                            if rows > MR {
-                                let te = tile_epilogue(epi, r0 + MR, rows - MR, p * NR, n);
+                            let mut r = 0;
+                            while r < rows {
+                                let part = (rows - r).min(MR);
+                                let te = if r == 0 {
+                                    te
+                                } else {
+                                    tile_epilogue(epi, r0 + r, part, p * NR, n)
+                                };
                                 avx512::by_rows!(
-                                    rows - MR,
+                                    part,
                                     finish_block,
-                                    acc.add(MR * NR),
+                                    acc.add(r * NR),
                                     bias,
-                                    c.add(MR * ldc),
+                                    c.add(r * ldc),
                                     ldc,
                                     cols,
                                     te
                                 );
+                                r += part;
                             }
                         }
                     },
@@ -1146,31 +1166,42 @@ fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u32>
     out
 }
 
-/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 for the AMX tiles: row-major rows of `kp` values
-/// (`k` zero-padded to whole tile steps), rows padded with zero rows to a multiple of the tile height, as `u32`
-/// pairs.
+/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 for the AMX tiles, as `u32` pairs: per 16-row tile
+/// and 32-deep step one contiguous `16 x 32` tile ([`amx::row_index`]), `k` zero-padded to `kp` (whole steps) and
+/// `m` with zero rows to whole tiles. Each row is rounded into a buffer and then scattered by steps (64-byte
+/// copies), one task per tile.
 #[cfg(target_arch = "x86_64")]
 fn pack_rows_amx(a: &[f32], m: usize, k: usize, kp: usize, ln: Option<LnRows>) -> Vec<u32> {
     let mut out = SCRATCH_U32.take(m.div_ceil(amx::TM) * amx::TM * kp / 2);
-    out.par_chunks_mut(kp / 2)
-        .with_min_len(8)
+    out.par_chunks_mut(amx::TM * kp / 2)
         .enumerate()
         .for_each_init(
-            || vec![0f32; if ln.is_some() { k } else { 0 }],
-            |tmp, (r, row)| {
-                if r >= m {
-                    row.fill(0);
-                    return;
+            || (vec![0f32; if ln.is_some() { k } else { 0 }], vec![0u16; kp]),
+            |(tmp, row), (t, tile)| {
+                // SAFETY: `u32` to its two `u16` halves: same size and alignment rules met, no invalid values.
+                let tile = unsafe {
+                    std::slice::from_raw_parts_mut(tile.as_mut_ptr().cast::<u16>(), tile.len() * 2)
+                };
+                for rr in 0..amx::TM {
+                    let r = t * amx::TM + rr;
+                    if r >= m {
+                        row.fill(0);
+                    } else {
+                        let mut src = &a[r * k..][..k];
+                        if let Some(ln) = ln {
+                            ln.apply(r, src, tmp);
+                            src = tmp;
+                        }
+                        row[k..].fill(0);
+                        // SAFETY: AMX layers exist only where AVX512-BF16 is present (`amx::available`); `row`
+                        // holds `kp >= k` bf16 values.
+                        unsafe { avx512::to_bf16(src.as_ptr(), row.as_mut_ptr(), k) };
+                    }
+                    for (step, chunk) in row.chunks_exact(amx::TK).enumerate() {
+                        let at = amx::row_index(rr, step * amx::TK, kp);
+                        tile[at..][..amx::TK].copy_from_slice(chunk);
+                    }
                 }
-                let mut src = &a[r * k..][..k];
-                if let Some(ln) = ln {
-                    ln.apply(r, src, tmp);
-                    src = tmp;
-                }
-                row[k / 2..].fill(0);
-                // SAFETY: AMX layers exist only where AVX512-BF16 is present (`amx::available`); `row` holds
-                // `kp >= k` bf16 values.
-                unsafe { avx512::to_bf16(src.as_ptr(), row.as_mut_ptr().cast::<u16>(), k) };
             },
         );
     out
@@ -1368,6 +1399,7 @@ unsafe fn tile_f32_dyn(
 unsafe fn tile_bf16_dyn(
     rows: usize,
     pairs: usize,
+    strides: (usize, usize),
     a: *const u16,
     w: *const u16,
     bias: *const f32,
@@ -1377,7 +1409,7 @@ unsafe fn tile_bf16_dyn(
     epi: TileEpilogue,
     next: Ahead,
 ) {
-    avx512::by_rows!(rows, tile_bf16, pairs, a, w, bias, c, ldc, cols, epi, next)
+    avx512::by_rows!(rows, tile_bf16, pairs, strides, a, w, bias, c, ldc, cols, epi, next)
 }
 
 #[cfg(test)]
@@ -1449,7 +1481,7 @@ mod tests {
     #[test]
     fn products_and_epilogues_match_f64() {
         // Odd sizes: row tails (m % 8), column tails (n % 48), odd depth (bf16 pair padding).
-        // 40 x 100 x 97: AMX blocks of 16 rows, a half-used second half, gate rows that change inside a block.
+        // 40 x 100 x 97: an AMX block of 32 rows, then one of 16 with 8 used; gate rows that change inside a block.
         for &(m, k, n) in &[
             (1, 5, 3),
             (9, 33, 50),

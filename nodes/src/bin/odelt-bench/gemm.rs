@@ -164,7 +164,7 @@ pub fn run(hidden: usize, tokens: usize, batch: usize, square: usize, runs: usiz
         rayon::current_num_threads(),
         machine::loadavg()
     );
-    let (f32_peak, bf16_peak, amx_peak) = peak::measure();
+    let (f32_peak, bf16_peak, amx_peak, amx_loads) = peak::measure();
     let fmt = |p: Option<f64>| p.map_or("-".to_string(), |g| format!("{g:.1}"));
     println!(
         "arithmetic peak, GFLOP/s (register-only chains on every thread): f32 FMA {}, bf16 vdpbf16ps {}, \
@@ -173,6 +173,14 @@ pub fn run(hidden: usize, tokens: usize, batch: usize, square: usize, runs: usiz
         fmt(bf16_peak),
         fmt(amx_peak)
     );
+    if let Some(gbs) = amx_loads {
+        // What bounds the AMX layers: one 1 KB tile load per product at best (amx::rows32).
+        let threads = rayon::current_num_threads().max(1) as f64;
+        println!(
+            "AMX tile loads from L1 on every thread: {gbs:.1} GB/s, one 1 KB tile every {:.1} ns per thread",
+            threads * 1024.0 / gbs
+        );
+    }
     if CpuKernels::detect().has_bf16() {
         println!(
             "bf16 layers of the model here: {} (the first bf16 column)",

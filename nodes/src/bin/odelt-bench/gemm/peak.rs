@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use odelt_nodes::model::packed::arithmetic_chains;
 
-/// GFLOP/s of f32 FMAs, bf16 dot products and AMX bf16 tiles on all threads, where the CPU has them.
-pub fn measure() -> (Option<f64>, Option<f64>, Option<f64>) {
+/// GFLOP/s of f32 FMAs, bf16 dot products and AMX bf16 tiles on all threads, where the CPU has them, and the GB/s
+/// of AMX tile loads from L1.
+pub fn measure() -> (Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
     #[cfg(target_arch = "x86_64")]
     {
         let f32_peak = arithmetic_chains(false, 1)
@@ -25,10 +26,13 @@ pub fn measure() -> (Option<f64>, Option<f64>, Option<f64>) {
         // A round of the AMX probe is 12 tile products (196 K FLOP): 20 000 rounds take about 3 ms per core.
         let amx_peak = odelt_nodes::model::amx::available()
             .then(|| run(20_000, odelt_nodes::model::amx::chains));
-        (f32_peak, bf16_peak, amx_peak)
+        // A round of the load probe is 8 KB: 50 000 rounds take about 6 ms per core.
+        let amx_loads = odelt_nodes::model::amx::available()
+            .then(|| run(50_000, odelt_nodes::model::amx::loads));
+        (f32_peak, bf16_peak, amx_peak, amx_loads)
     }
     #[cfg(not(target_arch = "x86_64"))]
-    (None, None, None)
+    (None, None, None, None)
 }
 
 #[cfg(target_arch = "x86_64")]
