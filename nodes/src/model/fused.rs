@@ -319,8 +319,13 @@ enum Products {
 struct Scratch {
     /// Scores `[t, t]`, then the softmax numerators.
     s: Vec<f32>,
-    /// `kᵀ` `[hd, t]` (f32 tiles).
+    /// `kᵀ` in blocks of 64 keys, `[ceil(t/64), hd, 64]` (f32 tiles): each block's 16 KB (at head width 64) on
+    /// consecutive lines, so it stays in L1 while every row tile of q passes over it (rows `t` floats apart
+    /// alias to a quarter of L1's sets at t = 256).
     kt: Vec<f32>,
+    /// This head's v rows, contiguous `[t, hd]` (f32 tiles): in place they are `3H` floats apart (9 KB at
+    /// DiT-B), which maps them onto a quarter of L1's sets.
+    v: Vec<f32>,
     /// 1 / row sum of the numerators.
     inv: Vec<f32>,
     /// The bf16 operands (bf16 tiles).
@@ -365,17 +370,20 @@ impl Scratch {
         } else {
             Bf16Operands::default()
         };
+        let f32_tiles = products == Products::Avx512;
         let kt = vec![
             0f32;
-            if products == Products::Avx512 {
-                hd * t
+            if f32_tiles {
+                t.div_ceil(64) * 64 * hd
             } else {
                 0
             }
         ];
+        let v = vec![0f32; if f32_tiles { t * hd } else { 0 }];
         Scratch {
             s: vec![0f32; t * t],
             kt,
+            v,
             inv: vec![0f32; t],
             bf,
         }
@@ -466,7 +474,9 @@ fn attention_rows(
             match products {
                 Products::Gemm => unsafe { gemm_weighted(&sc.s, v, rs, t, hd, y, h) },
                 #[cfg(target_arch = "x86_64")]
-                Products::Avx512 => unsafe { avx512_weighted(&sc.s, v, rs, t, hd, y, h) },
+                Products::Avx512 => unsafe {
+                    avx512_weighted(&sc.s, v, rs, t, hd, y, h, &mut sc.v)
+                },
                 #[cfg(target_arch = "x86_64")]
                 Products::Avx512Bf16 => unsafe {
                     bf16_weighted(&sc.s, v, rs, t, hd, y, h, &mut sc.bf)
@@ -533,7 +543,8 @@ fn tiles_6x64(t: usize, width: usize, mut f: impl FnMut(usize, usize, usize, usi
     }
 }
 
-/// `S = q kᵀ` with the AVX-512 tiles: `kᵀ` transposed once into `kt` (`[hd, t]`), then `6 x 64` tiles of `S`.
+/// `S = q kᵀ` with the AVX-512 tiles: `kᵀ` transposed once into `kt` (blocks of 64 keys, see [`Scratch::kt`]),
+/// then `6 x 64` tiles of `S`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn avx512_scores(
     q: &[f32],
@@ -544,18 +555,21 @@ unsafe fn avx512_scores(
     s: &mut [f32],
     kt: &mut [f32],
 ) {
-    // 8 keys x 16 features at a time through the register transpose; the ragged edges one value at a time.
+    // Key j, feature c of kᵀ.
+    let at = |j: usize, c: usize| (j / 64) * hd * 64 + c * 64 + j % 64;
+    // 8 keys x 16 features at a time through the register transpose (8 keys never straddle a block); the ragged
+    // edges one value at a time.
     let (jf, cf) = (t / 8 * 8, hd / 16 * 16);
     for j0 in (0..jf).step_by(8) {
         for c0 in (0..cf).step_by(16) {
             let rows = std::array::from_fn(|r| k.as_ptr().add((j0 + r) * rs + c0));
-            avx512::transpose_8x16_to(rows, kt.as_mut_ptr().add(c0 * t + j0), t);
+            avx512::transpose_8x16_to(rows, kt.as_mut_ptr().add(at(j0, c0)), 64);
         }
     }
     for j in 0..t {
         let cs = if j < jf { cf } else { 0 };
         for c in cs..hd {
-            kt[c * t + j] = k[j * rs + c];
+            kt[at(j, c)] = k[j * rs + c];
         }
     }
     tiles_6x64(t, t, |r0, rows, j0, cols| {
@@ -565,8 +579,8 @@ unsafe fn avx512_scores(
             hd,
             q.as_ptr().add(r0 * rs),
             rs,
-            kt.as_ptr().add(j0),
-            t,
+            kt.as_ptr().add(at(j0, 0)),
+            64,
             s.as_mut_ptr().add(r0 * t + j0),
             t,
             cols
@@ -574,8 +588,9 @@ unsafe fn avx512_scores(
     });
 }
 
-/// `Y = S v` with the AVX-512 tiles (`v` read in place).
+/// `Y = S v` with the AVX-512 tiles, `v` first copied to contiguous rows (`vc`, see [`Scratch::v`]).
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn avx512_weighted(
     s: &[f32],
     v: &[f32],
@@ -584,7 +599,11 @@ unsafe fn avx512_weighted(
     hd: usize,
     y: *mut f32,
     h: usize,
+    vc: &mut [f32],
 ) {
+    for (j, row) in vc.chunks_exact_mut(hd).enumerate().take(t) {
+        row.copy_from_slice(&v[j * rs..][..hd]);
+    }
     tiles_6x64(t, hd, |r0, rows, c0, cols| {
         avx512::by_rows!(
             rows,
@@ -592,8 +611,8 @@ unsafe fn avx512_weighted(
             t,
             s.as_ptr().add(r0 * t),
             t,
-            v.as_ptr().add(c0),
-            rs,
+            vc.as_ptr().add(c0),
+            hd,
             y.add(r0 * h + c0),
             h,
             cols
