@@ -67,9 +67,9 @@ pub enum Bf16Products {
     /// The bf16 weights widened to f32 panels ([`avx512::widen_bf16_panel`]; in registers for a single row tile),
     /// f32 activations and FMAs.
     Widen,
-    /// Intel AMX tiles ([`super::amx`]): the activations rounded to bf16, `16 x 48` blocks of `tdpbf16ps`, the
-    /// same arithmetic as `Dot`; on the development Xeon 3.4-3.8x `Dot`'s GFLOP/s in DiT-B's block products and
-    /// 2.1-3.1x the f32 tiles' (`odelt-bench gemm`, docs/benchmarks.md).
+    /// Intel AMX tiles ([`super::amx`]): the activations rounded to bf16, `32 x 48` blocks of `tdpbf16ps`, the
+    /// same arithmetic as `Dot`; on the development Xeon 4.4-6.4x `Dot`'s GFLOP/s in DiT-B's block products and
+    /// 3.2-4.3x the f32 tiles' (`odelt-bench gemm`, 2026-12-03, docs/benchmarks.md).
     Amx,
 }
 
