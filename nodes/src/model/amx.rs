@@ -171,8 +171,8 @@ pub unsafe fn rows16(chunks: usize, a: *const u16, w: *const u16, c: *mut f32) {
 
 /// [`rows16`] for two 16-row tiles at once (`a1` the second), into 32 rows of `c`: the first two column tiles as a
 /// 2 x 2 block of accumulators (each loaded tile feeds two products), then the third as 2 x 1. Tile loads are
-/// what bounds these products (about 15 ns per 1 KB tile on the development Xeon against 5 ns per `tdpbf16ps`,
-/// `amx` tests' probe), so the 1.17 loads per product here beat [`rows16`]'s 1.33.
+/// what bounds these products (about 15 ns per 1 KB tile on the development Xeon against 5 ns per `tdpbf16ps`:
+/// [`loads`], [`chains`]), so the 1.17 loads per product here beat [`rows16`]'s 1.33.
 ///
 /// # Safety
 /// As for [`rows16`], for both tiles of `a` and all 32 rows of `c`.
