@@ -3,21 +3,20 @@
 //! weights (depth pairs interleaved, as the AVX512-BF16 tiles read them) into a `16 x 16` f32 tile, 16 384 FLOP per
 //! instruction.
 //!
-//! What bounds these products is the tile loads, not the arithmetic. On the development Xeon (2026-12-03,
-//! docs/benchmarks.md) a `tdpbf16ps` from registers issues about every 5 ns per core ([`chains`]), but a `tileloadd`
-//! of 1 KB takes about 15 ns even from L1 ([`loads`]): three times what the same kilobyte costs as 16 `zmm` loads.
-//! So the kernels are shaped to load as few tiles per product as the 8 tile registers allow, and to load each tile
-//! from consecutive lines:
+//! Tile loads must start on a cache line. On the development Xeon (2026-12-03, docs/benchmarks.md) a `tdpbf16ps`
+//! from registers issues about every 5 ns per core ([`chains`]); a 1 KB `tileloadd` from L1 takes 2.2-2.5 ns from
+//! 64-byte-aligned rows ([`loads`]) but 15-16 ns when each row straddles two lines, which is what a plain `Vec`
+//! gave (glibc starts large allocations 16 bytes into a page). So the packed activations and the weight panels are
+//! [`super::aligned`] buffers, and the kernels are shaped to load few tiles, each from consecutive lines:
 //! - [`rows32`] multiplies 32 rows of `A` by a 48-column panel: a 2 x 2 block of accumulators over the first two
 //!   column tiles (each loaded tile feeds two products), then 2 x 1 over the third, 7 loads per 6 products;
 //!   [`rows16`] is the 16-row remainder (1 `A` tile, 3 weight tiles, 4 loads per 3 products).
 //! - The packed activations ([`row_index`]) and the weight panels ([`weight_index`]) hold each tile as one
 //!   contiguous kilobyte per 32-deep step, rather than 16 rows at the row stride.
 //!
-//! Against the first kernel (16 rows per call on row-major packed rows and pair-row panels), this measured 1.23-1.43
-//! against 1.03-1.12 TFLOP/s for DiT-B's qkv and mlp-in products at batch 1 on both cores (`odelt-bench gemm`), 5-10 %
-//! faster mlp-out and attn-out layers, and 1-4 % faster bf16 forwards at batch 8 (none at batch 1, where the
-//! products are 60 % of the forward).
+//! DiT-B's block products at batch 1 on both cores (`odelt-bench gemm`): 0.73-1.12 TFLOP/s with the first kernel
+//! (16 rows per call, strided rows, unaligned buffers), 0.94-1.43 with `rows32` on contiguous tiles, 1.12-1.49 with
+//! the buffers aligned as well; the bf16 forward at batch 1, l = 12 went from 72-74 to 59-60 ms with the alignment.
 //!
 //! The f32 result of a call is stored to a block that the AVX-512 epilogue ([`super::avx512::finish_block`])
 //! finishes (bias, GELU, gated residual). The products' arithmetic is that of `vdpbf16ps`: bf16 inputs, f32
@@ -170,9 +169,8 @@ pub unsafe fn rows16(chunks: usize, a: *const u16, w: *const u16, c: *mut f32) {
 }
 
 /// [`rows16`] for two 16-row tiles at once (`a1` the second), into 32 rows of `c`: the first two column tiles as a
-/// 2 x 2 block of accumulators (each loaded tile feeds two products), then the third as 2 x 1. Tile loads are
-/// what bounds these products (about 15 ns per 1 KB tile on the development Xeon against 5 ns per `tdpbf16ps`:
-/// [`loads`], [`chains`]), so the 1.17 loads per product here beat [`rows16`]'s 1.33.
+/// 2 x 2 block of accumulators (each loaded tile feeds two products), then the third as 2 x 1: 1.17 tile loads per
+/// product against [`rows16`]'s 1.33 (an aligned 1 KB load costs about half a `tdpbf16ps`, [`loads`], [`chains`]).
 ///
 /// # Safety
 /// As for [`rows16`], for both tiles of `a` and all 32 rows of `c`.
@@ -295,7 +293,7 @@ pub fn loads(iters: usize) -> Option<f64> {
     if !available() {
         return None;
     }
-    let buf = vec![0u16; 8 * A_TILE];
+    let buf = super::aligned::Aligned::<u16>::zeroed(8 * A_TILE);
     let p = buf.as_ptr();
     // SAFETY: AMX is available; each load reads 16 rows of 64 bytes inside `buf`.
     unsafe {

@@ -29,6 +29,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+use super::aligned::Aligned;
 use super::avx512;
 use super::layers::LN_EPS;
 use super::packed::{gemm_rows, Bf16Products, CpuKernels, WeightFormat};
@@ -317,15 +318,16 @@ enum Products {
 
 /// Per-task buffers of [`attention_with`].
 struct Scratch {
-    /// Scores `[t, t]`, then the softmax numerators.
-    s: Vec<f32>,
+    /// Scores `[t, t]`, then the softmax numerators. These three buffers start on a cache line
+    /// ([`super::aligned`]): the tiles load and store them in whole lines.
+    s: Aligned<f32>,
     /// `kᵀ` in blocks of 64 keys, `[ceil(t/64), hd, 64]` (f32 tiles): each block's 16 KB (at head width 64) on
     /// consecutive lines, so it stays in L1 while every row tile of q passes over it (rows `t` floats apart
     /// alias to a quarter of L1's sets at t = 256).
-    kt: Vec<f32>,
+    kt: Aligned<f32>,
     /// This head's v rows, contiguous `[t, hd]` (f32 tiles): in place they are `3H` floats apart (9 KB at
     /// DiT-B), which maps them onto a quarter of L1's sets.
-    v: Vec<f32>,
+    v: Aligned<f32>,
     /// 1 / row sum of the numerators.
     inv: Vec<f32>,
     /// The bf16 operands (bf16 tiles).
@@ -371,17 +373,14 @@ impl Scratch {
             Bf16Operands::default()
         };
         let f32_tiles = products == Products::Avx512;
-        let kt = vec![
-            0f32;
-            if f32_tiles {
-                t.div_ceil(64) * 64 * hd
-            } else {
-                0
-            }
-        ];
-        let v = vec![0f32; if f32_tiles { t * hd } else { 0 }];
+        let kt = Aligned::zeroed(if f32_tiles {
+            t.div_ceil(64) * 64 * hd
+        } else {
+            0
+        });
+        let v = Aligned::zeroed(if f32_tiles { t * hd } else { 0 });
         Scratch {
-            s: vec![0f32; t * t],
+            s: Aligned::zeroed(t * t),
             kt,
             v,
             inv: vec![0f32; t],

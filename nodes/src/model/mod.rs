@@ -14,6 +14,7 @@
 //! Each block runs as [`block::DitBlock`] (candle ops as the paper writes them) or, chosen at load for CPU f32
 //! inference, as [`fused_block::FusedBlock`] (the same math with fused CPU kernels); likewise the final layer.
 
+mod aligned;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 #[cfg(target_arch = "x86_64")]

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
+use super::aligned::Aligned;
 use super::avx512::{self, Ahead, TileEpilogue, MR, NR};
 use super::fused::{gelu_tanh, ln_modulate_row};
 #[cfg(target_arch = "x86_64")]
@@ -68,8 +69,8 @@ pub enum Bf16Products {
     /// f32 activations and FMAs.
     Widen,
     /// Intel AMX tiles ([`super::amx`]): the activations rounded to bf16, `32 x 48` blocks of `tdpbf16ps`, the
-    /// same arithmetic as `Dot`; on the development Xeon 4.4-6.4x `Dot`'s GFLOP/s in DiT-B's block products and
-    /// 3.2-4.3x the f32 tiles' (`odelt-bench gemm`, 2026-12-03, docs/benchmarks.md).
+    /// same arithmetic as `Dot`; on the development Xeon 5.2-7.0x `Dot`'s GFLOP/s in DiT-B's block products and
+    /// 3.5-5.0x the f32 tiles' (`odelt-bench gemm`, 2026-12-03, docs/benchmarks.md).
     Amx,
 }
 
@@ -343,10 +344,10 @@ impl LnRows<'_> {
 #[derive(Debug)]
 enum Weights {
     /// `[K, 48]` panels, multiplied by the AVX-512 tiles or (`avx2`) the AVX2 sub-tiles.
-    F32Panels { w: Vec<f32>, avx2: bool },
+    F32Panels { w: Aligned<f32>, avx2: bool },
     /// Pair-interleaved bf16 panels, multiplied as `products` says.
     Bf16Panels {
-        w: Vec<u16>,
+        w: Aligned<u16>,
         products: Bf16Products,
         /// Names the panels in [`WIDENED`].
         id: u64,
@@ -425,7 +426,7 @@ impl PackedLinear {
                 blas: kernels == CpuKernels::Blas,
             },
             (CpuKernels::Avx512 { .. } | CpuKernels::Avx2, WeightFormat::F32) => {
-                let mut w = vec![0f32; panels * k * NR];
+                let mut w = Aligned::zeroed(panels * k * NR);
                 w.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
                     let cols = (n - p * NR).min(NR);
                     for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
@@ -439,7 +440,7 @@ impl PackedLinear {
             }
             (CpuKernels::Avx512 { .. }, WeightFormat::Bf16) if products.supported() => {
                 let pairs = products.panel_pairs(k);
-                let mut w = vec![0u16; panels * pairs * 2 * NR];
+                let mut w = Aligned::zeroed(panels * pairs * 2 * NR);
                 w.par_chunks_mut(pairs * 2 * NR)
                     .enumerate()
                     .for_each(|(p, panel)| {
@@ -860,7 +861,7 @@ impl PackedLinear {
                 };
                 // The depth padded to whole AMX steps: the packed rows' length and twice the panels' pairs.
                 let kp = 2 * Bf16Products::Amx.panel_pairs(k);
-                let ap = pack_rows_amx(a, m, k, kp, ln);
+                let (ap, off) = pack_rows_amx(a, m, k, kp, ln);
                 let panel_len = kp * NR;
                 self.tiled(
                     m,
@@ -878,7 +879,7 @@ impl PackedLinear {
                         // tiles) before the epilogues read them; `c` points at row r0 of panel p's columns, valid
                         // for `rows` rows.
                         unsafe {
-                            let a0 = ap.as_ptr().cast::<u16>().add(r0 * kp);
+                            let a0 = ap.as_ptr().add(off).cast::<u16>().add(r0 * kp);
                             let w = w.as_ptr().add(p * panel_len);
                             if rows > amx::TM {
                                 amx::rows32(kp / amx::TK, a0, a0.add(amx::TM * kp), w, acc);
@@ -1166,14 +1167,26 @@ fn pack_rows_bf16(a: &[f32], m: usize, k: usize, ln: Option<LnRows>) -> Vec<u32>
     out
 }
 
-/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 for the AMX tiles, as `u32` pairs: per 16-row tile
+/// `a` `[m, k]` (through the prologue, if any) rounded to bf16 for the AMX tiles, as `u32` pairs from the returned
+/// offset on (the first line boundary of the buffer): per 16-row tile
 /// and 32-deep step one contiguous `16 x 32` tile ([`amx::row_index`]), `k` zero-padded to `kp` (whole steps) and
 /// `m` with zero rows to whole tiles. Each row is rounded into a buffer and then scattered by steps (64-byte
 /// copies), one task per tile.
 #[cfg(target_arch = "x86_64")]
-fn pack_rows_amx(a: &[f32], m: usize, k: usize, kp: usize, ln: Option<LnRows>) -> Vec<u32> {
-    let mut out = SCRATCH_U32.take(m.div_ceil(amx::TM) * amx::TM * kp / 2);
-    out.par_chunks_mut(amx::TM * kp / 2)
+fn pack_rows_amx(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    ln: Option<LnRows>,
+) -> (Vec<u32>, usize) {
+    let len = m.div_ceil(amx::TM) * amx::TM * kp / 2;
+    // A line more than needed, so that the tiles can start on a line ([`super::aligned`]: misaligned tile loads
+    // are several times slower); `off` u32 in.
+    let mut out = SCRATCH_U32.take(len + 16);
+    let off = (64 - out.as_ptr() as usize % 64) % 64 / 4;
+    out[off..off + len]
+        .par_chunks_mut(amx::TM * kp / 2)
         .enumerate()
         .for_each_init(
             || (vec![0f32; if ln.is_some() { k } else { 0 }], vec![0u16; kp]),
@@ -1204,7 +1217,7 @@ fn pack_rows_amx(a: &[f32], m: usize, k: usize, kp: usize, ln: Option<LnRows>) -
                 }
             },
         );
-    out
+    (out, off)
 }
 
 /// Buffers for the packed activations, kept between products so that the next one does not fault fresh pages
