@@ -261,7 +261,13 @@ pub fn sample_seeded(
         Start::Noised(x1) => {
             check(x1)?;
             let z = noise_from(&shape, batch.seed, batch.first, model.device())?;
-            noised_start(x1, &z, t_start)?
+            if t_start == 0.0 {
+                // Full denoise: the start is the noise itself, whatever `x1` holds (`noised_start` would give
+                // the same values for a finite `x1`, in three tensor ops).
+                z
+            } else {
+                noised_start(x1, &z, t_start)?
+            }
         }
         Start::Given(x) => {
             check(x)?;
