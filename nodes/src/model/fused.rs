@@ -334,18 +334,31 @@ struct Scratch {
     bf: Bf16Operands,
 }
 
-#[derive(Default)]
+/// The bf16 tiles' operands, each starting on a cache line like the f32 ones (the tiles load them in whole lines).
 struct Bf16Operands {
     /// q rows `[t, 2 ceil(hd/2)]`.
-    q: Vec<u16>,
-    /// `kᵀ` as pairs: `[ceil(hd/2), t]`.
-    kt: Vec<u32>,
+    q: Aligned<u16>,
+    /// `kᵀ` as pairs in blocks of 64 keys, `[ceil(t/64), ceil(hd/2), 64]` (see [`Scratch::kt`]: in one
+    /// `[ceil(hd/2), t]` matrix a block's rows lie 1 KB apart at t = 256 and share a quarter of L1's sets).
+    kt: Aligned<u32>,
     /// Numerator rows `[t, 2 ceil(t/2)]`.
-    p: Vec<u16>,
+    p: Aligned<u16>,
     /// v as row pairs: `[ceil(t/2), hd]`.
-    v: Vec<u32>,
+    v: Aligned<u32>,
     /// Two converted rows.
     rows: Vec<u16>,
+}
+
+impl Default for Bf16Operands {
+    fn default() -> Self {
+        Bf16Operands {
+            q: Aligned::zeroed(0),
+            kt: Aligned::zeroed(0),
+            p: Aligned::zeroed(0),
+            v: Aligned::zeroed(0),
+            rows: Vec::new(),
+        }
+    }
 }
 
 /// The shape a [`Scratch`] was made for: tokens, head width, products.
@@ -363,10 +376,10 @@ impl Scratch {
         let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
         let bf = if products == Products::Avx512Bf16 {
             Bf16Operands {
-                q: vec![0; t * 2 * hp],
-                kt: vec![0; hp * t],
-                p: vec![0; t * 2 * tp],
-                v: vec![0; tp * hd],
+                q: Aligned::zeroed(t * 2 * hp),
+                kt: Aligned::zeroed(t.div_ceil(64) * 64 * hp),
+                p: Aligned::zeroed(t * 2 * tp),
+                v: Aligned::zeroed(tp * hd),
                 rows: vec![0; 2 * hd],
             }
         } else {
@@ -644,6 +657,8 @@ unsafe fn bf16_scores(
             hd,
         );
     }
+    // Key j, feature pair p of the blocked kᵀ.
+    let at = |j: usize, p: usize| (j / 64) * hp * 64 + p * 64 + j % 64;
     for j in 0..t {
         avx512::to_bf16(k.as_ptr().add(j * rs), bf.rows.as_mut_ptr(), hd);
         for p in 0..hp {
@@ -652,7 +667,7 @@ unsafe fn bf16_scores(
             } else {
                 0
             };
-            bf.kt[p * t + j] = pair(bf.rows[2 * p], hi);
+            bf.kt[at(j, p)] = pair(bf.rows[2 * p], hi);
         }
     }
     tiles_6x64(t, t, |r0, rows, j0, cols| {
@@ -662,8 +677,8 @@ unsafe fn bf16_scores(
             hp,
             bf.q.as_ptr().add(r0 * 2 * hp),
             2 * hp,
-            bf.kt.as_ptr().add(j0),
-            t,
+            bf.kt.as_ptr().add(at(j0, 0)),
+            64,
             s.as_mut_ptr().add(r0 * t + j0),
             t,
             cols
@@ -801,7 +816,8 @@ mod tests {
     fn attention_matches_candle_ops() {
         // T = 37 / 70 and hd = 12 / 72: sizes off the kernels' register blocks (hd 72 spans two column blocks);
         // batch 2 checks the per-sample offsets.
-        for (b, t, nh, hd) in [(2, 37, 3, 12), (1, 70, 2, 72)] {
+        // T = 130: three 64-key blocks of the tiles' blocked kᵀ, the last ragged.
+        for (b, t, nh, hd) in [(2, 37, 3, 12), (1, 70, 2, 72), (1, 130, 2, 64)] {
             let h = nh * hd;
             let qkv = rand(&[b, t, 3 * h], 21);
             let part = |j: usize| {

@@ -77,26 +77,37 @@ impl Array {
     }
 }
 
+/// Per sample, its `[r, k]` matrix transposed to `[k, r]`, each value scaled as candle's `affine(scale, 0)` does
+/// (`v * scale + 0`; scale 1 leaves the values alone, -0 included). One row or column: a copy.
+fn transpose_samples(src: &[f32], r: usize, k: usize, scale: f64) -> Vec<f32> {
+    fn with(src: &[f32], r: usize, k: usize, f: impl Fn(f32) -> f32) -> Vec<f32> {
+        if r == 1 || k == 1 || src.is_empty() {
+            return src.iter().map(|&v| f(v)).collect();
+        }
+        let mut out = vec![0f32; src.len()];
+        for (s, d) in src.chunks_exact(r * k).zip(out.chunks_exact_mut(r * k)) {
+            for (i, row) in s.chunks_exact(k).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    d[j * r + i] = f(v);
+                }
+            }
+        }
+        out
+    }
+    let s = scale as f32;
+    if scale == 1.0 {
+        with(src, r, k, |v| v)
+    } else {
+        with(src, r, k, |v| v * s + 0.0)
+    }
+}
+
 /// `[B, C, H, W]` → `[B, H, W, C]`, scaled by `scale`, on `device`.
 pub fn nchw_to_nhwc(a: &Array, scale: f64, device: &Device) -> Result<Tensor> {
     let [b, c, h, w] = a.dims4("LATENT", "[B, C, H, W]")?;
     if device.is_cpu() {
-        // One pass, one tensor (candle's permute + copy + affine, bit for bit: `affine` is `v * mul + add`).
-        let s = scale as f32;
-        let mut out = Vec::with_capacity(a.data.len());
-        for bi in 0..b {
-            let sample = &a.data[bi * c * h * w..(bi + 1) * c * h * w];
-            for p in 0..h * w {
-                out.extend((0..c).map(|ch| {
-                    let v = sample[ch * h * w + p];
-                    if scale == 1.0 {
-                        v
-                    } else {
-                        v * s + 0.0
-                    }
-                }));
-            }
-        }
+        // One pass, one tensor (candle's permute + copy + affine, bit for bit).
+        let out = transpose_samples(&a.data, c, h * w, scale);
         return Ok(Tensor::from_vec(out, (b, h, w, c), device)?);
     }
     let t = a.to_tensor(device)?.permute((0, 2, 3, 1))?.contiguous()?;
@@ -109,25 +120,8 @@ pub fn nchw_to_nhwc(a: &Array, scale: f64, device: &Device) -> Result<Tensor> {
 
 /// `[B, H, W, C]` → `[B, C, H, W]` f32 array, divided by `scale`.
 pub fn nhwc_to_nchw(t: &Tensor, scale: f64) -> Result<Array> {
-    let s = (1.0 / scale) as f32;
-    if let Ok((b, h, w, c)) = t.dims4().map_err(|_| ()).and_then(|d| match d {
-        (_, h, w, c) if h * w * c > 0 => Ok(d),
-        _ => Err(()),
-    }) {
-        let nchw = |v: &[f32]| -> Vec<f32> {
-            let mut out = vec![0f32; v.len()];
-            for (src, dst) in v
-                .chunks_exact(h * w * c)
-                .zip(out.chunks_exact_mut(h * w * c))
-            {
-                for (p, px) in src.chunks_exact(c).enumerate() {
-                    for (ch, &x) in px.iter().enumerate() {
-                        dst[ch * h * w + p] = if scale == 1.0 { x } else { x * s + 0.0 };
-                    }
-                }
-            }
-            out
-        };
+    if let Ok((b, h, w, c)) = t.dims4() {
+        let nchw = |v: &[f32]| transpose_samples(v, h * w, c, 1.0 / scale);
         if let Some(data) = with_cpu_f32(t, nchw) {
             return Array::new(vec![b, c, h, w], data);
         }
