@@ -81,7 +81,8 @@ impl Array {
 /// (`v * scale + 0`; scale 1 leaves the values alone, -0 included). One row or column: a copy.
 fn transpose_samples(src: &[f32], r: usize, k: usize, scale: f64) -> Vec<f32> {
     fn with(src: &[f32], r: usize, k: usize, f: impl Fn(f32) -> f32) -> Vec<f32> {
-        if r == 1 || k == 1 || src.is_empty() {
+        // (`r * k == 0` with values present is a malformed array: copied, the tensor's shape check refuses it.)
+        if r == 1 || k == 1 || r * k == 0 || src.is_empty() {
             return src.iter().map(|&v| f(v)).collect();
         }
         let mut out = vec![0f32; src.len()];
@@ -208,6 +209,14 @@ mod tests {
                 bits(&nhwc_to_nchw(&strided, scale).unwrap().data),
                 bits(&back.data)
             );
+        }
+        // Values that do not fill the shape (the fields are public) are an error, not a panic.
+        for (shape, n) in [(vec![1, 0, 3, 2], 4), (vec![2, 3, 2, 2], 5)] {
+            let bad = Array {
+                shape,
+                data: vec![1.0; n],
+            };
+            assert!(nchw_to_nhwc(&bad, 0.5, &Device::Cpu).is_err());
         }
         let empty = Tensor::zeros((1, 0, 3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert_eq!(nhwc_to_nchw(&empty, 1.0).unwrap().shape, vec![1, 2, 0, 3]);
