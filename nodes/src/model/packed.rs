@@ -1247,13 +1247,20 @@ impl<T: Copy + Default> Scratch<T> {
         v
     }
 
-    /// The pool's best buffer for `len` elements, as it was put back.
+    /// The pool's best buffer for `len` elements, as it was put back: the smallest already holding `len`
+    /// elements (nothing to initialise), else the smallest with room for them, else the largest. (Taking the
+    /// smallest by capacity alone often picked a large buffer last cut short by a smaller product, and growing it
+    /// back memset up to 2.4 MB: 0.7 % of the default model's forward in `perf`.)
     fn pick(&self, len: usize) -> Vec<T> {
         match self.0.lock() {
             Ok(mut pool) => {
-                let fit = (0..pool.len())
-                    .filter(|&i| pool[i].capacity() >= len)
-                    .min_by_key(|&i| pool[i].capacity())
+                let smallest = |pool: &Vec<Vec<T>>, ok: &dyn Fn(&Vec<T>) -> bool| {
+                    (0..pool.len())
+                        .filter(|&i| ok(&pool[i]))
+                        .min_by_key(|&i| pool[i].capacity())
+                };
+                let fit = smallest(&pool, &|v| v.len() >= len)
+                    .or_else(|| smallest(&pool, &|v| v.capacity() >= len))
                     .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
                 fit.map(|i| pool.swap_remove(i)).unwrap_or_default()
             }
@@ -1265,7 +1272,11 @@ impl<T: Copy + Default> Scratch<T> {
     /// initialised).
     pub(super) fn take(&self, len: usize) -> Vec<T> {
         let mut v = self.pick(len);
-        v.resize(len, T::default());
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, T::default());
+        }
         v
     }
 
@@ -1779,6 +1790,16 @@ mod tests {
         // `take` keeps the old contents' initialisation, only sized to `len`.
         pool.put(vec![7.0; 20]);
         assert_eq!(pool.take(8).len(), 8);
+        // A buffer already holding the elements wins over a smaller-capacity one that would have to grow.
+        let pool: Scratch<f32> = Scratch(Mutex::new(Vec::new()));
+        let mut cut = vec![1.0f32; 600];
+        cut.truncate(10);
+        pool.put(cut);
+        pool.put(vec![3.0f32; 800]);
+        let v = pool.take(500);
+        assert_eq!((v.len(), v[499]), (500, 3.0));
+        let v = pool.take(500); // only the cut one is left: grown, zeros past its 10
+        assert_eq!((v.len(), v[9], v[10]), (500, 1.0, 0.0));
         for _ in 0..3 * POOL_BUFFERS {
             pool.put(Vec::with_capacity(64));
         }
