@@ -71,7 +71,8 @@ pub fn labels(values: &[i64], num_classes: usize, device: &Device) -> Result<Ten
     Ok(Tensor::from_vec(ids, values.len(), device)?)
 }
 
-/// The img2img start `x_t = (1 - t)·noise + t·x1` (t = 0 noise, t = 1 data).
+/// The img2img start `x_t = (1 - t)·noise + t·x1` (t = 0 noise, t = 1 data; at t = 0 exactly the noise, whatever
+/// `x1` holds).
 pub fn noised_start(x1: &Tensor, noise: &Tensor, t_start: f64) -> Result<Tensor> {
     if !(0.0..=1.0).contains(&t_start) {
         return Err(Error::invalid(format!(
@@ -84,6 +85,11 @@ pub fn noised_start(x1: &Tensor, noise: &Tensor, t_start: f64) -> Result<Tensor>
             x1.dims(),
             noise.dims()
         )));
+    }
+    if t_start == 0.0 {
+        // Full denoise: the noise itself, whatever `x1` holds (the blend gives the same values for a finite `x1`,
+        // in three tensor ops).
+        return Ok(noise.clone());
     }
     let x1 = x1.to_dtype(noise.dtype())?;
     Ok((noise.affine(1.0 - t_start, 0.0)? + x1.affine(t_start, 0.0)?)?)
@@ -261,13 +267,7 @@ pub fn sample_seeded(
         Start::Noised(x1) => {
             check(x1)?;
             let z = noise_from(&shape, batch.seed, batch.first, model.device())?;
-            if t_start == 0.0 {
-                // Full denoise: the start is the noise itself, whatever `x1` holds (`noised_start` would give
-                // the same values for a finite `x1`, in three tensor ops).
-                z
-            } else {
-                noised_start(x1, &z, t_start)?
-            }
+            noised_start(x1, &z, t_start)?
         }
         Start::Given(x) => {
             check(x)?;
@@ -735,5 +735,10 @@ mod tests {
         assert_eq!(x.to_vec1::<f32>().unwrap(), vec![-1.0, 1.0]);
         assert!(noised_start(&x1, &z, 1.5).is_err());
         assert!(noised_start(&x1, &z.narrow(0, 0, 1).unwrap(), 0.5).is_err());
+        // t = 0 is the noise itself, even where the image latent is not finite; shapes are still checked.
+        let bad = Tensor::new(&[f32::NAN, f32::INFINITY], &dev).unwrap();
+        let x = noised_start(&bad, &z, 0.0).unwrap();
+        assert_eq!(x.to_vec1::<f32>().unwrap(), vec![-2.0, 0.0]);
+        assert!(noised_start(&bad, &z.narrow(0, 0, 1).unwrap(), 0.0).is_err());
     }
 }

@@ -1254,13 +1254,9 @@ impl<T: Copy + Default> Scratch<T> {
     fn pick(&self, len: usize) -> Vec<T> {
         match self.0.lock() {
             Ok(mut pool) => {
-                let smallest = |pool: &Vec<Vec<T>>, ok: &dyn Fn(&Vec<T>) -> bool| {
-                    (0..pool.len())
-                        .filter(|&i| ok(&pool[i]))
-                        .min_by_key(|&i| pool[i].capacity())
-                };
-                let fit = smallest(&pool, &|v| v.len() >= len)
-                    .or_else(|| smallest(&pool, &|v| v.capacity() >= len))
+                let fit = (0..pool.len())
+                    .filter(|&i| pool[i].capacity() >= len)
+                    .min_by_key(|&i| (pool[i].len() < len, pool[i].capacity()))
                     .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
                 fit.map(|i| pool.swap_remove(i)).unwrap_or_default()
             }

@@ -37,8 +37,8 @@ fn to_byte(v: f32) -> u8 {
 /// else as the channel mean.
 ///
 /// The sampler calls this while it samples, so it stays far below a forward: each pixel is converted once, in
-/// place from the tensor's storage (1.1-1.3 us for the default 28x28 model, 0.14 % of its forward; through candle
-/// ops and `f32::round` it was 7.7-8 us). Like ComfyUI's latent previews it is not enlarged: the picture is small and
+/// place from the tensor's storage (0.8-1.3 us for the default 28x28 model, about 0.14 % of its forward; through
+/// candle ops and `f32::round` it was 7.7-14.6 us, docs/benchmarks.md). Like ComfyUI's latent previews it is not enlarged: the picture is small and
 /// whoever shows it scales it (the editor draws previews at least 128 px wide, pixelated). The earlier 5x
 /// enlargement to 140x140 cost ~13-18 us per preview, 1.1-1.5 % of the default model's forward, and five times the
 /// bytes on the socket.
@@ -66,7 +66,7 @@ pub fn preview_nhwc(x: &Tensor) -> Result<Rgb8> {
             }),
             _ => out
                 .zip(first.chunks_exact(c))
-                .for_each(|(o, px)| o.copy_from_slice(&preview_rgb(px))),
+                .for_each(|(o, px)| o.copy_from_slice(&mixed_rgb(px))),
         }
         data
     };
@@ -87,11 +87,10 @@ pub fn preview_nhwc(x: &Tensor) -> Result<Rgb8> {
     })
 }
 
-/// The preview colour of one pixel's `C` channel values (see [`preview_nhwc`]).
-fn preview_rgb(px: &[f32]) -> [u8; 3] {
+/// The preview colour of one pixel whose `C` channels are not grey or RGB (see [`preview_nhwc`], which converts
+/// C = 1 and 3 in its own loops).
+fn mixed_rgb(px: &[f32]) -> [u8; 3] {
     let (r, g, b) = match px.len() {
-        1 => (px[0], px[0], px[0]),
-        3 => (px[0], px[1], px[2]),
         4 => {
             let mut o = [0f32; 3];
             for (k, f) in SD15_LATENT_RGB.iter().enumerate() {
