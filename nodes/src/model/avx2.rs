@@ -250,6 +250,9 @@ unsafe fn finish(
                     let g = _mm256_maskload_ps(gate.add(gate_rows[i] + col), mask);
                     _mm256_maskstore_ps(dst, mask, _mm256_fmadd_ps(g, x, res));
                 }
+                TileEpilogue::PairTiles { .. } => {
+                    unreachable!("bf16 pair tiles come from AVX512-BF16 layers only")
+                }
                 TileEpilogue::Tiles { gelu } => {
                     let mut y = [0f32; 8];
                     _mm256_storeu_ps(y.as_mut_ptr(), if gelu { gelu8(x) } else { x });

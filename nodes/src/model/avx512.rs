@@ -64,6 +64,11 @@ pub enum TileEpilogue {
     /// [`super::packed`]'s packed rows: `[depth, 8]`): `c` points at depth `col0` of the tile's block, the tile's
     /// columns are the next product's depths, and rows past `R` are written as zeros.
     Tiles { gelu: bool },
+    /// `acc + bias` (tanh-GELU'd if `gelu`) rounded to bf16 and stored as a row tile of the next `vdpbf16ps`
+    /// product's input (`[pairs, 8]` bf16 pairs, the layout [`tile_bf16`] reads): `c` points (cast from the
+    /// `u32` pairs) at pair `col0 / 2` of the tile's block, pairs past the valid columns are not written, rows
+    /// past `R` are written as zeros, an odd last column pairs with a zero.
+    PairTiles { gelu: bool },
 }
 
 /// Cache lines a tile prefetches into L2 besides its own panel, one per depth step: its share of the next panel
@@ -213,13 +218,19 @@ unsafe fn finish<const R: usize>(
         }
         return;
     }
+    if let TileEpilogue::PairTiles { gelu } = epi {
+        store_pair_tiles::<R>(acc, &b, c.cast::<u32>(), cols, gelu);
+        return;
+    }
     for r in 0..R {
         for v in 0..NV {
             let x = _mm512_add_ps(acc[r][v], b[v]);
             let y = match epi {
                 TileEpilogue::Bias => x,
                 TileEpilogue::BiasGelu => gelu16(x),
-                TileEpilogue::Tiles { .. } => unreachable!("handled above"),
+                TileEpilogue::Tiles { .. } | TileEpilogue::PairTiles { .. } => {
+                    unreachable!("handled above")
+                }
                 TileEpilogue::GatedResidual {
                     residual,
                     gate,
@@ -231,6 +242,53 @@ unsafe fn finish<const R: usize>(
                 }
             };
             _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), mk[v], y);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// The [`TileEpilogue::PairTiles`] store: per row, its 48 columns (bias added, GELU'd) rounded to 24 bf16 pairs
+/// by `vcvtne2ps2bf16` / `vcvtneps2bf16` (the rounding of [`to_bf16`], so the pairs equal packing the row-major
+/// output afterwards); then the eight rows' pairs transposed as 32-bit values, 16 pairs (two vectors of eight
+/// rows) at a time, and stored while the pair holds a valid column.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn store_pair_tiles<const R: usize>(
+    acc: &[[__m512; NV]; R],
+    b: &[__m512; NV],
+    c: *mut u32,
+    cols: usize,
+    gelu: bool,
+) {
+    let valid_pairs = cols.div_ceil(2);
+    let mut lo = [_mm512_setzero_ps(); MR];
+    let mut hi = [_mm512_setzero_ps(); MR];
+    for r in 0..R {
+        let x: [__m512; NV] = std::array::from_fn(|v| {
+            let x = _mm512_add_ps(acc[r][v], b[v]);
+            if gelu {
+                gelu16(x)
+            } else {
+                x
+            }
+        });
+        // Pairs 0..16 (columns 0..32) and 16..24 (columns 32..48, the upper half zero).
+        lo[r] = _mm512_castsi512_ps(std::mem::transmute::<__m512bh, __m512i>(
+            _mm512_cvtne2ps_pbh(x[1], x[0]),
+        ));
+        hi[r] = _mm512_castsi512_ps(_mm512_zextsi256_si512(std::mem::transmute::<
+            __m256bh,
+            __m256i,
+        >(_mm512_cvtneps_pbh(x[2]))));
+    }
+    for (half, rows) in [lo, hi].into_iter().enumerate() {
+        for (i, pv) in transpose_regs(rows).iter().enumerate() {
+            let p = 16 * half + 2 * i;
+            if p + 1 < valid_pairs {
+                _mm512_storeu_ps(c.add(8 * p).cast(), *pv);
+            } else if p < valid_pairs {
+                _mm512_mask_storeu_ps(c.add(8 * p).cast(), 0x00FF, *pv);
+            }
         }
     }
 }
@@ -281,6 +339,19 @@ unsafe fn prefetch_destination(
                 std::arch::asm!(
                     "prefetchw [{p}]",
                     p = in(reg) c.add(48 * kk + off),
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        }
+        return;
+    }
+    if let TileEpilogue::PairTiles { .. } = epi {
+        // 8 rows x up to 24 pairs of 4 bytes: twelve lines, two per depth step from the first.
+        for off in [0, 16] {
+            if 32 * kk + off < 8 * cols.div_ceil(2) {
+                std::arch::asm!(
+                    "prefetchw [{p}]",
+                    p = in(reg) c.add(32 * kk + off),
                     options(nostack, preserves_flags, readonly)
                 );
             }
@@ -544,8 +615,12 @@ pub unsafe fn to_bf16(src: *const f32, dst: *mut u16, n: usize) {
         );
         i += 16;
     }
-    for j in i..n {
-        *dst.add(j) = bf16_bits(*src.add(j));
+    if i < n {
+        // The tail through the same instruction (it flushes denormals, which `bf16_bits` keeps), so every value
+        // rounds alike wherever it falls in the row.
+        let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lane_mask(n - i), src.add(i)));
+        let bits = std::mem::transmute::<__m256bh, [u16; 16]>(v);
+        std::ptr::copy_nonoverlapping(bits.as_ptr(), dst.add(i), n - i);
     }
 }
 

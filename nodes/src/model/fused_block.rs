@@ -153,7 +153,8 @@ impl FusedBlock {
 
                 let ln = modulation(ms, 3, 6, hidden, tokens);
                 let residual = gated(&x1, ms, 5, hidden, tokens);
-                let out = if self.mlp_in.takes_row_tiles() && self.mlp_out.takes_row_tiles() {
+                let tiles = self.mlp_in.row_tiles();
+                let out = if tiles.is_some() && tiles == self.mlp_out.row_tiles() {
                     // The hidden layer goes to mlp out already packed (no row-major copy, no packing pass).
                     let u = self
                         .mlp_in

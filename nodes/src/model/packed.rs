@@ -9,6 +9,10 @@
 //! stays row-major and the system CBLAS multiplies it ([`super::blas`]), followed by the epilogue as a second pass.
 //! Elsewhere (or with `ODELT_CPU_KERNELS=portable`) the `gemm` crate multiplies the row-major kernel.
 //!
+//! A product can write its output straight into the next product's packed input ([`RowTiles`]: f32 row tiles,
+//! or bf16 pairs for `vdpbf16ps` layers), which the MLP uses: its 4H-wide hidden layer is never stored row-major
+//! nor packed a second time.
+//!
 //! Why our own kernel (measured in docs/benchmarks.md): the `gemm` crate under candle packs the weights on every
 //! call, cannot fuse the element-wise work that follows each product, and has no bf16 dot-product kernel.
 
@@ -544,17 +548,22 @@ impl PackedLinear {
         self.forward_inner(Input::Rows(a, None), m, epi, out, false)
     }
 
-    /// Whether this layer can hand its output to the next one as [`RowTiles`] and take them as input: the layers
-    /// whose tiles read f32 row tiles (f32 panels, and bf16 panels with widened products).
-    pub fn takes_row_tiles(&self) -> bool {
-        matches!(
-            *self.weights,
+    /// The [`RowTiles`] this layer can hand its output to the next one as and take as input: f32 row tiles for
+    /// f32 panels and bf16 panels with widened products, bf16 pairs for `vdpbf16ps` products; none for the
+    /// AMX, BLAS and portable layers (which pack or read their input their own way).
+    pub fn row_tiles(&self) -> Option<RowTileFormat> {
+        match *self.weights {
             Weights::F32Panels { .. }
-                | Weights::Bf16Panels {
-                    products: Bf16Products::Widen,
-                    ..
-                }
-        )
+            | Weights::Bf16Panels {
+                products: Bf16Products::Widen,
+                ..
+            } => Some(RowTileFormat::F32),
+            Weights::Bf16Panels {
+                products: Bf16Products::Dot,
+                ..
+            } => Some(RowTileFormat::Bf16Pairs),
+            _ => None,
+        }
     }
 
     /// How the bf16 weights are multiplied (`None` for f32 layers).
@@ -575,8 +584,30 @@ impl PackedLinear {
         epi: Epilogue,
     ) -> Result<RowTiles> {
         self.check_ln(m, &ln)?;
-        let mut data = SCRATCH_F32.take_empty(m.div_ceil(MR) * self.n * MR);
-        self.forward_inner(Input::Rows(x, Some(ln)), m, epi, &mut data, true)?;
+        let format = self.row_tiles().ok_or_else(|| {
+            Error::invalid("this layer's products cannot write row tiles".to_string())
+        })?;
+        let len = format.len(m, self.n);
+        let data = match format {
+            RowTileFormat::F32 => {
+                let mut data = SCRATCH_F32.take_empty(len);
+                self.forward_inner(Input::Rows(x, Some(ln)), m, epi, &mut data, true)?;
+                TileData::F32(data)
+            }
+            RowTileFormat::Bf16Pairs => {
+                // The tiles write the pairs through the product's f32 output slots: the pool's u32 buffer,
+                // viewed as f32 for the call (same size and alignment, no copy).
+                let mut data: Vec<f32> =
+                    bytemuck::allocation::cast_vec(SCRATCH_U32.take_empty(len));
+                let done = self.forward_inner(Input::Rows(x, Some(ln)), m, epi, &mut data, true);
+                let data: Vec<u32> = bytemuck::allocation::cast_vec(data);
+                if let Err(e) = done {
+                    SCRATCH_U32.put(data);
+                    return Err(e);
+                }
+                TileData::Bf16(data)
+            }
+        };
         Ok(RowTiles { data, m, k: self.n })
     }
 
@@ -649,10 +680,21 @@ impl PackedLinear {
             }
             _ => {}
         }
-        if (to_tiles || matches!(input, Input::Tiles(_))) && !self.takes_row_tiles() {
-            return Err(Error::invalid(
-                "row tiles are only exchanged between layers of f32 row tiles".to_string(),
-            ));
+        let tiles_out = if to_tiles {
+            Some(self.row_tiles().ok_or_else(|| {
+                Error::invalid("this layer's products cannot write row tiles".to_string())
+            })?)
+        } else {
+            None
+        };
+        if let Input::Tiles(t) = input {
+            if self.row_tiles() != Some(t.format()) {
+                return Err(Error::invalid(format!(
+                    "row tiles of {:?} handed to a layer that reads {:?}",
+                    t.format(),
+                    self.row_tiles()
+                )));
+            }
         }
         if to_tiles && matches!(epi, Epilogue::GatedResidual { .. }) {
             return Err(Error::invalid(
@@ -742,10 +784,13 @@ impl PackedLinear {
                         packed = pack_rows_f32(a, m, k, ln);
                         &packed
                     }
-                    Input::Tiles(t) => &t.data,
+                    Input::Tiles(t) => match &t.data {
+                        TileData::F32(d) => d,
+                        TileData::Bf16(_) => unreachable!("checked above: the formats match"),
+                    },
                 };
-                if to_tiles {
-                    out.reserve(m.div_ceil(MR) * n * MR);
+                if let Some(f) = tiles_out {
+                    out.reserve(f.len(m, n));
                 }
                 let tile = |r0: usize, rows, p, c, ldc, cols, te, next| {
                     // SAFETY: `r0` is a multiple of MR below `m` (so its packed tile exists), panel `p` exists, `c`
@@ -795,17 +840,11 @@ impl PackedLinear {
                         }
                     }
                 };
-                self.tiled(m, out.as_mut_ptr(), epi, to_tiles, MR, false, tile);
+                self.tiled(m, out.as_mut_ptr(), epi, tiles_out, MR, false, tile);
                 SCRATCH_F32.put(packed);
                 // SAFETY: the tiles cover every element of the `[m, n]` output (or, as row tiles, of the
                 // `[tiles, n, 8]` blocks: rows past `m` written as zeros).
-                unsafe {
-                    out.set_len(if to_tiles {
-                        m.div_ceil(MR) * n * MR
-                    } else {
-                        m * n
-                    })
-                };
+                unsafe { out.set_len(tiles_out.map_or(m * n, |f| f.len(m, n))) };
             }
             // The AMX layers' products of one row tile (the adaLN rows) too: they are memory-bound, and the
             // `vdpbf16ps` tile streams the panel with prefetches (32.6 against 24.4 GFLOP/s for AMX tiles with one
@@ -815,18 +854,29 @@ impl PackedLinear {
             &Weights::Bf16Panels {
                 ref w, products, ..
             } if products == Bf16Products::Dot || m <= MR => {
-                let Input::Rows(a, ln) = input else {
-                    unreachable!("checked above: row tiles need f32 panels")
+                // Packed here unless the previous layer handed its rows over as bf16 pairs.
+                let mut packed = Vec::new();
+                let ap: &[u32] = match input {
+                    Input::Rows(a, ln) => {
+                        packed = pack_rows_bf16(a, m, k, ln);
+                        &packed
+                    }
+                    Input::Tiles(t) => match &t.data {
+                        TileData::Bf16(d) => d,
+                        TileData::F32(_) => unreachable!("checked above: the formats match"),
+                    },
                 };
                 let pairs = Bf16Products::Dot.panel_pairs(k);
                 let strides = products.dot_strides();
-                let ap = pack_rows_bf16(a, m, k, ln);
                 let panel_len = products.panel_pairs(k) * 2 * NR;
+                if let Some(f) = tiles_out {
+                    out.reserve(f.len(m, n));
+                }
                 self.tiled(
                     m,
                     out.as_mut_ptr(),
                     epi,
-                    false,
+                    tiles_out,
                     MR,
                     false,
                     |r0, rows, p, c, ldc, cols, te, next| {
@@ -849,15 +899,15 @@ impl PackedLinear {
                         }
                     },
                 );
-                SCRATCH_U32.put(ap);
-                // SAFETY: as for f32.
-                unsafe { out.set_len(m * n) };
+                SCRATCH_U32.put(packed);
+                // SAFETY: as for f32 (as bf16 row tiles: `[tiles, ceil(n / 2), 8]` pairs, rows past `m` zero).
+                unsafe { out.set_len(tiles_out.map_or(m * n, |f| f.len(m, n))) };
             }
             // Left: AMX layers of more than one row tile (`Dot` and `m <= MR` went above).
             #[cfg(target_arch = "x86_64")]
             Weights::Bf16Panels { w, .. } => {
                 let Input::Rows(a, ln) = input else {
-                    unreachable!("checked above: row tiles need f32 panels")
+                    unreachable!("checked above: AMX layers take no row tiles")
                 };
                 // The depth padded to whole AMX steps: the packed rows' length and twice the panels' pairs.
                 let kp = 2 * Bf16Products::Amx.panel_pairs(k);
@@ -867,7 +917,7 @@ impl PackedLinear {
                     m,
                     out.as_mut_ptr(),
                     epi,
-                    false,
+                    None,
                     2 * amx::TM,
                     true,
                     |r0, rows, p, c, ldc, cols, te, _next| {
@@ -928,7 +978,7 @@ impl PackedLinear {
         m: usize,
         out: *mut f32,
         epi: Epilogue,
-        to_tiles: bool,
+        to_tiles: Option<RowTileFormat>,
         mr: usize,
         amx: bool,
         tile: impl Fn(usize, usize, usize, *mut f32, usize, usize, TileEpilogue, Option<NextPanel>)
@@ -965,15 +1015,20 @@ impl PackedLinear {
                         let rows = (ic_end - r0).min(mr);
                         // SAFETY: the tile lies inside `out` (rows r0.., columns p*48..; or as row tiles, tile r0/8's
                         // block at depth p*48); tasks write disjoint tiles.
-                        let (te, c) = if to_tiles {
-                            let gelu = matches!(epi, Epilogue::BiasGelu);
-                            (TileEpilogue::Tiles { gelu }, unsafe {
+                        let gelu = matches!(epi, Epilogue::BiasGelu);
+                        let (te, c) = match to_tiles {
+                            Some(RowTileFormat::F32) => (TileEpilogue::Tiles { gelu }, unsafe {
                                 dst.ptr().add(r0 * n + p * NR * MR)
-                            })
-                        } else {
-                            (tile_epilogue(epi, r0, rows, p * NR, n), unsafe {
+                            }),
+                            // Pairs: tile r0 / 8's block of `ceil(n / 2) * 8`, pair p * 24 of it.
+                            Some(RowTileFormat::Bf16Pairs) => {
+                                (TileEpilogue::PairTiles { gelu }, unsafe {
+                                    dst.ptr().add(r0 * n.div_ceil(2) + p * (NR / 2) * MR)
+                                })
+                            }
+                            None => (tile_epilogue(epi, r0, rows, p * NR, n), unsafe {
                                 dst.ptr().add(r0 * n + p * NR)
-                            })
+                            }),
                         };
                         let next = (p + 1 < p1).then_some(NextPanel {
                             panel: p + 1,
@@ -1025,30 +1080,79 @@ enum Input<'a> {
     Tiles(&'a RowTiles),
 }
 
-/// Activations `[m, k]` in the packed input layout of the f32 tiles (row tiles `[k, 8]`, rows past `m` zero), as
+/// Activations `[m, k]` in the packed input layout of the next product's tiles (rows past `m` zero), as
 /// [`PackedLinear::forward_ln_to_tiles`] writes them: the MLP hidden layer goes from the mlp-in product to the
 /// mlp-out product without a row-major copy or a packing pass. The buffer returns to the pool when dropped.
 #[derive(Debug)]
 pub struct RowTiles {
-    data: Vec<f32>,
+    data: TileData,
     m: usize,
     k: usize,
 }
 
+/// The layout of [`RowTiles`], as [`PackedLinear::row_tiles`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowTileFormat {
+    /// f32 row tiles `[k, 8]` (the f32 tiles' input, [`pack_rows_f32`]).
+    F32,
+    /// bf16 pairs `[ceil(k / 2), 8]` as `u32` (the `vdpbf16ps` tiles' input, [`pack_rows_bf16`]).
+    Bf16Pairs,
+}
+
+impl RowTileFormat {
+    /// Elements (f32 values or bf16 pairs) of `m` rows of depth `k`.
+    fn len(self, m: usize, k: usize) -> usize {
+        m.div_ceil(MR)
+            * MR
+            * match self {
+                RowTileFormat::F32 => k,
+                RowTileFormat::Bf16Pairs => k.div_ceil(2),
+            }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum TileData {
+    F32(Vec<f32>),
+    Bf16(Vec<u32>),
+}
+
 impl RowTiles {
-    /// Row `r`: `k` values.
+    /// The layout of the data.
+    pub fn format(&self) -> RowTileFormat {
+        match self.data {
+            TileData::F32(_) => RowTileFormat::F32,
+            TileData::Bf16(_) => RowTileFormat::Bf16Pairs,
+        }
+    }
+
+    /// Row `r`: `k` values (bf16 pairs widened back to f32).
     #[cfg(test)]
     fn row(&self, r: usize) -> Vec<f32> {
         let (t, i) = (r / MR, r % MR);
-        (0..self.k)
-            .map(|kk| self.data[t * self.k * MR + kk * MR + i])
-            .collect()
+        match &self.data {
+            TileData::F32(d) => (0..self.k)
+                .map(|kk| d[t * self.k * MR + kk * MR + i])
+                .collect(),
+            TileData::Bf16(d) => {
+                let pairs = self.k.div_ceil(2);
+                (0..self.k)
+                    .map(|kk| {
+                        let pair = d[t * pairs * MR + (kk / 2) * MR + i];
+                        f32::from_bits(((pair >> (16 * (kk % 2))) & 0xFFFF) << 16)
+                    })
+                    .collect()
+            }
+        }
     }
 }
 
 impl Drop for RowTiles {
     fn drop(&mut self) {
-        SCRATCH_F32.put(std::mem::take(&mut self.data));
+        match &mut self.data {
+            TileData::F32(d) => SCRATCH_F32.put(std::mem::take(d)),
+            TileData::Bf16(d) => SCRATCH_U32.put(std::mem::take(d)),
+        }
     }
 }
 
@@ -1742,15 +1846,25 @@ mod tests {
                 PackedLinear::pack_with(w, b, k, n, format, kernels, products).unwrap()
             };
             let (l1, l2) = (pack(&w1, &b1, k, n1), pack(&w2, &b2, n1, n2));
-            // Widened bf16 layers exchange row tiles; `vdpbf16ps` ones take bf16 rows.
+            // f32 and widened bf16 layers exchange f32 row tiles, `vdpbf16ps` ones bf16 pairs.
+            let expected = match (kernels, format, products) {
+                (CpuKernels::Avx512 { .. } | CpuKernels::Avx2, WeightFormat::F32, _)
+                | (CpuKernels::Avx512 { .. }, WeightFormat::Bf16, Bf16Products::Widen) => {
+                    Some(RowTileFormat::F32)
+                }
+                (CpuKernels::Avx512 { .. }, WeightFormat::Bf16, Bf16Products::Dot) => {
+                    Some(RowTileFormat::Bf16Pairs)
+                }
+                _ => None,
+            };
             assert_eq!(
-                l1.takes_row_tiles(),
-                matches!(kernels, CpuKernels::Avx512 { .. } | CpuKernels::Avx2)
-                    && (format == WeightFormat::F32 || products == Bf16Products::Widen)
+                l1.row_tiles(),
+                expected,
+                "{kernels:?} {format:?} {products:?}"
             );
             let u = l1.forward_ln(&x, m, ln, Epilogue::BiasGelu).unwrap();
             let want = l2.forward(&u, m, gated).unwrap();
-            if !l1.takes_row_tiles() {
+            if l1.row_tiles().is_none() {
                 assert!(l1
                     .forward_ln_to_tiles(&x, m, ln, Epilogue::BiasGelu)
                     .is_err());
@@ -1760,7 +1874,39 @@ mod tests {
                 .forward_ln_to_tiles(&x, m, ln, Epilogue::BiasGelu)
                 .unwrap();
             for r in [0, 7, 8, 18] {
-                assert_eq!(tiles.row(r), u[r * n1..][..n1].to_vec(), "row {r}");
+                let row = &u[r * n1..][..n1];
+                let want_row: Vec<f32> = match expected {
+                    // The pairs hold the row-major output rounded as the next layer's packing rounds it.
+                    Some(RowTileFormat::Bf16Pairs) => row
+                        .iter()
+                        .map(|&x| f32::from_bits(u32::from(avx512::bf16_bits(x)) << 16))
+                        .collect(),
+                    _ => row.to_vec(),
+                };
+                assert_eq!(tiles.row(r), want_row, "row {r}");
+            }
+            if expected == Some(RowTileFormat::Bf16Pairs) {
+                // Rows past m and the odd column's partner are zero.
+                let TileData::Bf16(d) = &tiles.data else {
+                    unreachable!()
+                };
+                let pairs = n1.div_ceil(2);
+                assert_eq!(d.len(), m.div_ceil(MR) * pairs * MR);
+                for p in 0..pairs {
+                    for r in m % MR..MR {
+                        assert_eq!(d[(m / MR) * pairs * MR + p * MR + r], 0, "pad row {r}");
+                    }
+                }
+                for r in 0..m {
+                    assert_eq!(
+                        d[(r / MR) * pairs * MR + (pairs - 1) * MR + r % MR] >> 16,
+                        0
+                    );
+                }
+                // f32 row tiles are not bf16 pairs.
+                let f32_layer =
+                    PackedLinear::pack(&w2, &b2, n1, n2, WeightFormat::F32, kernels).unwrap();
+                assert!(f32_layer.forward_tiles(&tiles, gated).is_err());
             }
             assert_eq!(
                 l2.forward_tiles(&tiles, gated).unwrap(),
