@@ -194,8 +194,10 @@ unsafe fn sub_tile<const R: usize>(
         if kk < next.lines {
             _mm_prefetch::<_MM_HINT_T1>(next.ptr.add(64 * kk));
         }
-        // The 96 bytes this sub-tile reads of a depth row span at most three lines.
-        for off in [0, 12, SUB_COLS - 1] {
+        // The 96 bytes this sub-tile reads of a depth row lie on two lines (the rows are three whole lines of a
+        // line-aligned panel), its first and its last value's. A third prefetch, of the middle value's line (always
+        // one of the two), cost 2-3.5 % of the products' speed on a Zen 4 (interleaved A/B, docs/benchmarks.md).
+        for off in [0, SUB_COLS - 1] {
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PF + off).cast());
         }
         let mut wv = [_mm256_setzero_ps(); SV];

@@ -1612,6 +1612,7 @@ mod tests {
             (17, 64, 96),
             (2, 7, 145),
             (40, 100, 97),
+            (10, 300, 60),
         ] {
             let a = rand(m * k, 1);
             let w = rand(k * n, 2);
@@ -1689,8 +1690,14 @@ mod tests {
         if !(avx512.supported() && CpuKernels::Avx2.supported()) {
             return;
         }
-        // m = 19: a 3-row tail (one sub-tile row block, partly); n = 101: a 5-column last panel.
-        let (m, k, n) = (19, 37, 101);
+        // m = 19: a 3-row tail (one sub-tile row block, partly); n = 101: a 5-column last panel; k = 300: a depth
+        // past the prefetch distance.
+        for k in [37, 300] {
+            avx2_matches_avx512(avx512, 19, k, 101);
+        }
+    }
+
+    fn avx2_matches_avx512(avx512: CpuKernels, m: usize, k: usize, n: usize) {
         let (a, w, b) = (rand(m * k, 41), rand(k * n, 42), rand(n, 43));
         let (residual, gate) = (rand(m * n, 44), rand(2 * n, 45));
         let modulation = rand(2 * 3 * k, 46);
