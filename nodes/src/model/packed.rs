@@ -224,6 +224,90 @@ pub fn arithmetic_chains(bf16: bool, iters: usize) -> Option<f64> {
     }
 }
 
+/// Depth of [`tile_ceiling`]'s panel: DiT-B's hidden size (the panel, 147 KB, stays in L2 beside its row tile).
+const CEILING_DEPTH: usize = 768;
+
+/// [`tile_ceiling`]'s operands: a row tile and a panel (random values), and an output tile.
+type CeilingOperands = (Aligned<f32>, Aligned<f32>, Vec<f32>);
+
+thread_local! {
+    /// [`tile_ceiling`]'s operands on this thread, made at its first call.
+    static CEILING: RefCell<Option<CeilingOperands>> = const { RefCell::new(None) };
+}
+
+/// `reps` full `8 x 48` f32 tiles of `kernels` (the AVX-512 tile, or the AVX2 sub-tiles) over one 768-deep
+/// panel on the calling thread, operands random and L2-resident, bias epilogue: the FLOP done, or `None` where
+/// `kernels` is not a tile kernel this CPU runs. What the packed products can reach at best, between the
+/// register-only [`arithmetic_chains`] (no memory, no data-dependent power) and the products of
+/// `odelt-bench gemm` (weights from L3 or memory, packing, the threads' split).
+pub fn tile_ceiling(kernels: CpuKernels, reps: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !matches!(kernels, CpuKernels::Avx512 { .. } | CpuKernels::Avx2) || !kernels.supported()
+        {
+            return None;
+        }
+        let k = CEILING_DEPTH;
+        CEILING.with_borrow_mut(|slot| {
+            let (a, w, c) = slot.get_or_insert_with(|| {
+                let fill = |n: usize, step: f64| {
+                    let mut v = Aligned::<f32>::zeroed(n);
+                    for (i, x) in v.iter_mut().enumerate() {
+                        *x = ((i as f64 * step).fract() - 0.5) as f32;
+                    }
+                    v
+                };
+                (
+                    fill(k * MR, 0.618_034),
+                    fill(k * NR, 0.377_964),
+                    vec![0f32; MR * NR],
+                )
+            });
+            let bias = [0f32; NR];
+            for _ in 0..reps {
+                // SAFETY: the kernel runs on this CPU (checked above); `a` holds a `[k, 8]` row tile, `w` a `[k, 48]`
+                // panel, `c` an `8 x 48` tile with row stride 48.
+                unsafe {
+                    let (a, w, c) = (a.as_ptr(), w.as_ptr(), c.as_mut_ptr());
+                    if kernels == CpuKernels::Avx2 {
+                        avx2::tile_f32(
+                            MR,
+                            k,
+                            a,
+                            w,
+                            bias.as_ptr(),
+                            c,
+                            NR,
+                            NR,
+                            TileEpilogue::Bias,
+                            Ahead::NONE,
+                        );
+                    } else {
+                        avx512::tile_f32::<MR>(
+                            k,
+                            a,
+                            w,
+                            bias.as_ptr(),
+                            c,
+                            NR,
+                            NR,
+                            TileEpilogue::Bias,
+                            Ahead::NONE,
+                        );
+                    }
+                }
+            }
+            std::hint::black_box(&c);
+        });
+        Some((2 * reps * k * MR * NR) as f64)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kernels, reps);
+        None
+    }
+}
+
 /// The CPU kernels this process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuKernels {
@@ -1726,6 +1810,23 @@ mod tests {
             let got = narrow.forward_ln_to_tiles(&a, m, ln, epi).unwrap();
             let want = wide.forward_ln_to_tiles(&a, m, ln, epi).unwrap();
             assert_eq!(got.data, want.data, "row tiles, {epi:?}");
+        }
+    }
+
+    #[test]
+    fn the_tile_ceiling_runs_where_the_tiles_do() {
+        assert_eq!(tile_ceiling(CpuKernels::Portable, 3), None);
+        assert_eq!(tile_ceiling(CpuKernels::Blas, 3), None);
+        for kernels in [CpuKernels::Avx512 { bf16: false }, CpuKernels::Avx2] {
+            let got = tile_ceiling(kernels, 3);
+            assert_eq!(
+                got.is_some(),
+                cfg!(target_arch = "x86_64") && kernels.supported(),
+                "{kernels:?}"
+            );
+            if let Some(flop) = got {
+                assert_eq!(flop, (2 * 3 * CEILING_DEPTH * MR * NR) as f64);
+            }
         }
     }
 

@@ -173,6 +173,21 @@ pub fn run(hidden: usize, tokens: usize, batch: usize, square: usize, runs: usiz
         fmt(bf16_peak),
         fmt(amx_peak)
     );
+    let tiles = peak::tiles();
+    if !tiles.is_empty() {
+        let cells: Vec<String> = tiles
+            .iter()
+            .map(|&(name, g)| match f32_peak {
+                Some(p) if p > 0.0 => format!("{name} {g:.1} ({:.2} of the FMA chains)", g / p),
+                _ => format!("{name} {g:.1}"),
+            })
+            .collect();
+        println!(
+            "f32 tile ceiling, GFLOP/s (8 x 48 tiles over an L2-resident 768-deep panel, random data, every \
+             thread): {}",
+            cells.join(", ")
+        );
+    }
     if let Some(gbs) = amx_loads {
         // What bounds the AMX layers: one 1 KB tile load per product at best (amx::rows32).
         let threads = rayon::current_num_threads().max(1) as f64;

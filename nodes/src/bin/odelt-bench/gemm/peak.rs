@@ -10,7 +10,25 @@
 
 use std::time::Instant;
 
-use odelt_nodes::model::packed::arithmetic_chains;
+use odelt_nodes::model::packed::{arithmetic_chains, tile_ceiling, CpuKernels};
+
+/// GFLOP/s of the f32 tiles (AVX-512, AVX2) on L2-resident random operands on all threads, where the CPU runs
+/// them: the packed products' ceiling ([`tile_ceiling`]). One tile is 590 K FLOP: 2000 take about 10 ms per core.
+pub fn tiles() -> Vec<(&'static str, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        [
+            ("avx512", CpuKernels::Avx512 { bf16: false }),
+            ("avx2", CpuKernels::Avx2),
+        ]
+        .into_iter()
+        .filter(|&(_, k)| tile_ceiling(k, 0).is_some())
+        .map(|(name, k)| (name, run(2_000, |n| tile_ceiling(k, n))))
+        .collect()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Vec::new()
+}
 
 /// GFLOP/s of f32 FMAs, bf16 dot products and AMX bf16 tiles on all threads, where the CPU has them, and the GB/s
 /// of AMX tile loads from L1.
