@@ -868,10 +868,7 @@ impl PackedLinear {
                         packed = pack_rows_f32(a, m, k, ln);
                         &packed
                     }
-                    Input::Tiles(t) => match &t.data {
-                        TileData::F32(d) => d,
-                        TileData::Bf16(_) => unreachable!("checked above: the formats match"),
-                    },
+                    Input::Tiles(t) => t.data.f32_tiles(),
                 };
                 if let Some(f) = tiles_out {
                     out.reserve(f.len(m, n));
@@ -945,10 +942,7 @@ impl PackedLinear {
                         packed = pack_rows_bf16(a, m, k, ln);
                         &packed
                     }
-                    Input::Tiles(t) => match &t.data {
-                        TileData::Bf16(d) => d,
-                        TileData::F32(_) => unreachable!("checked above: the formats match"),
-                    },
+                    Input::Tiles(t) => t.data.bf16_pairs(),
                 };
                 let pairs = Bf16Products::Dot.panel_pairs(k);
                 let strides = products.dot_strides();
@@ -1199,6 +1193,24 @@ impl RowTileFormat {
 enum TileData {
     F32(Vec<f32>),
     Bf16(Vec<u32>),
+}
+
+impl TileData {
+    /// The f32 row tiles (the caller checked the format: [`PackedLinear::row_tiles`]).
+    fn f32_tiles(&self) -> &[f32] {
+        match self {
+            TileData::F32(d) => d,
+            TileData::Bf16(_) => unreachable!("checked by the caller: the formats match"),
+        }
+    }
+
+    /// The bf16 pairs (the caller checked the format).
+    fn bf16_pairs(&self) -> &[u32] {
+        match self {
+            TileData::Bf16(d) => d,
+            TileData::F32(_) => unreachable!("checked by the caller: the formats match"),
+        }
+    }
 }
 
 impl RowTiles {
