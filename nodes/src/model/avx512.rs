@@ -219,6 +219,8 @@ unsafe fn finish<const R: usize>(
         return;
     }
     if let TileEpilogue::PairTiles { gelu } = epi {
+        // SAFETY (AVX512-BF16): pair tiles are written only by `vdpbf16ps` layers, which exist only where `pack`
+        // saw the feature (`PackedLinear::row_tiles`).
         store_pair_tiles::<R>(acc, &b, c.cast::<u32>(), cols, gelu);
         return;
     }
