@@ -4,7 +4,7 @@
 mod golden_common;
 
 use candle_core::{DType, Tensor};
-use golden_common::{cpu, data_dir, rel_l2, Golden};
+use golden_common::{data_dir, device, rel_l2, Golden};
 use odelt_nodes::checkpoint::{self, ConfigOverrides, LoadOptions, WeightsSlot};
 use odelt_nodes::{Dit, DitConfig};
 
@@ -24,9 +24,9 @@ fn v(model: &Dit, g: &Golden, t: f32, d: f32) -> Tensor {
     let b = x.dim(0).unwrap();
     model
         .forward(
-            &Tensor::full(t, b, &cpu()).unwrap(),
+            &Tensor::full(t, b, &device()).unwrap(),
             &x,
-            &Tensor::full(d, b, &cpu()).unwrap(),
+            &Tensor::full(d, b, &device()).unwrap(),
             &g.get("in/labels"),
         )
         .unwrap()
@@ -43,7 +43,7 @@ fn official_pickle_reproduces_golden_velocities() {
     assert_eq!(ck.format, checkpoint::Format::OfficialPickle);
     assert_eq!(ck.config, DitConfig::golden_tiny());
     for l in [2usize, 4] {
-        let m = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, Some(l)).unwrap();
+        let m = Dit::load(&ck.config, &*ck.source, &device(), DType::F32, Some(l)).unwrap();
         let err = rel_l2(
             &v(&m, &g, 0.75, 7.0),
             &g.get(&format!("out/v_l{l}_t0.75_d7")),
@@ -60,7 +60,7 @@ fn params_ema_is_a_different_tree() {
         overrides: tiny_overrides(),
     };
     let ck = checkpoint::open(&data_dir().join("tiny.pkl"), &opts).unwrap();
-    let m = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, None).unwrap();
+    let m = Dit::load(&ck.config, &*ck.source, &device(), DType::F32, None).unwrap();
     let err = rel_l2(&v(&m, &g, 0.75, 7.0), &g.get("out/v_l4_t0.75_d7"));
     assert!(
         err > 1e-3,
@@ -77,7 +77,7 @@ fn shortcut_models_pickle_runs_the_conventional_path() {
     };
     let ck = checkpoint::open(&data_dir().join("tiny-sm.pkl"), &opts).unwrap();
     assert!(!ck.config.length_embedding);
-    let m = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, None).unwrap();
+    let m = Dit::load(&ck.config, &*ck.source, &device(), DType::F32, None).unwrap();
     assert!(
         m.with_length(2).is_err(),
         "no length embedding: only the full depth runs"
@@ -108,7 +108,7 @@ fn convert_pickle_to_safetensors_keeps_outputs() {
     // The converted file needs no overrides: the configuration travels in its metadata.
     let ck = checkpoint::open(&dst, &LoadOptions::default()).unwrap();
     assert_eq!(ck.config, cfg);
-    let m = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, Some(2)).unwrap();
+    let m = Dit::load(&ck.config, &*ck.source, &device(), DType::F32, Some(2)).unwrap();
     let err = rel_l2(&v(&m, &g, 0.25, 2.0), &g.get("out/v_l2_t0.25_d2"));
     assert!(err < 1e-4, "{err}");
 }

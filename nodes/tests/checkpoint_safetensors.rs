@@ -6,7 +6,7 @@ mod golden_common;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use golden_common::{cpu, rel_l2, Golden};
+use golden_common::{device, rel_l2, Golden};
 use odelt_nodes::checkpoint::{self, safetensors_format, ConfigOverrides, LoadOptions};
 use odelt_nodes::{Dit, DitConfig};
 
@@ -35,9 +35,9 @@ fn velocity(model: &Dit, g: &Golden, t: f32, d: f32) -> Tensor {
     let b = x.dim(0).unwrap();
     model
         .forward(
-            &Tensor::full(t, b, &cpu()).unwrap(),
+            &Tensor::full(t, b, &device()).unwrap(),
             &x,
-            &Tensor::full(d, b, &cpu()).unwrap(),
+            &Tensor::full(d, b, &device()).unwrap(),
             &y,
         )
         .unwrap()
@@ -52,7 +52,7 @@ fn round_trip_reproduces_golden_velocity() {
     assert_eq!(ck.config, DitConfig::golden_tiny());
     let g = Golden::open();
     for l in [2usize, 4] {
-        let m = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, Some(l)).unwrap();
+        let m = Dit::load(&ck.config, &*ck.source, &device(), DType::F32, Some(l)).unwrap();
         assert_eq!(m.resident_blocks(), l);
         let v = velocity(&m, &g, 0.25, 2.0);
         let want = g.get(&format!("out/v_l{l}_t0.25_d2"));
@@ -123,13 +123,13 @@ fn corrupt_and_truncated_files_are_clear_errors() {
     let mut tensors: Vec<(String, Tensor)> = g.params().0.into_iter().collect();
     for (n, t) in tensors.iter_mut() {
         if n == "DiTBlock_1/Dense_3/kernel" {
-            *t = Tensor::zeros((64, 32), DType::F32, &cpu()).unwrap();
+            *t = Tensor::zeros((64, 32), DType::F32, &device()).unwrap();
         }
     }
     let p = tmp("badshape.safetensors");
     safetensors_format::save(&p, &DitConfig::golden_tiny(), &tensors, &[]).unwrap();
     let ck = checkpoint::open(&p, &LoadOptions::default()).unwrap();
-    let err = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, None).unwrap_err();
+    let err = Dit::load(&ck.config, &*ck.source, &device(), DType::F32, None).unwrap_err();
     assert!(
         err.to_string().contains("DiTBlock_1/Dense_3/kernel"),
         "{err}"
@@ -141,7 +141,7 @@ fn corrupt_and_truncated_files_are_clear_errors() {
         .into_iter()
         .map(|(n, t)| {
             if n == "DiTBlock_3/Dense_3/kernel" {
-                (n, Tensor::zeros((3, 3), DType::F32, &cpu()).unwrap())
+                (n, Tensor::zeros((3, 3), DType::F32, &device()).unwrap())
             } else {
                 (n, t)
             }
@@ -150,8 +150,8 @@ fn corrupt_and_truncated_files_are_clear_errors() {
     let p = tmp("badlate.safetensors");
     safetensors_format::save(&p, &DitConfig::golden_tiny(), &bad_late, &[]).unwrap();
     let ck = checkpoint::open(&p, &LoadOptions::default()).unwrap();
-    assert!(Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, Some(2)).is_ok());
-    assert!(Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, Some(4)).is_err());
+    assert!(Dit::load(&ck.config, &*ck.source, &device(), DType::F32, Some(2)).is_ok());
+    assert!(Dit::load(&ck.config, &*ck.source, &device(), DType::F32, Some(4)).is_err());
 }
 
 #[test]
@@ -166,11 +166,11 @@ fn half_precision_weights_load_and_stay_close() {
         .collect();
     safetensors_format::save(&path, &DitConfig::golden_tiny(), &tensors, &[]).unwrap();
     let ck = checkpoint::open(&path, &LoadOptions::default()).unwrap();
-    let m = Dit::load(&ck.config, &*ck.source, &cpu(), DType::F32, None).unwrap();
+    let m = Dit::load(&ck.config, &*ck.source, &device(), DType::F32, None).unwrap();
     let v = velocity(&m, &g, 0.75, 7.0);
     let err = rel_l2(&v, &g.get("out/v_l4_t0.75_d7"));
     assert!(err < 5e-3, "f16 weights: rel {err}");
-    let m16 = Dit::load(&ck.config, &*ck.source, &cpu(), DType::BF16, None).unwrap();
+    let m16 = Dit::load(&ck.config, &*ck.source, &device(), DType::BF16, None).unwrap();
     let v = velocity(&m16, &g, 0.75, 7.0);
     let err = rel_l2(&v, &g.get("out/v_l4_t0.75_d7"));
     assert!(err < 5e-2, "bf16 compute: rel {err}");

@@ -1,4 +1,7 @@
 //! Shared helpers for the golden parity tests (the reference outputs of the official JAX model).
+//!
+//! The tests run on the device `ODELT_TEST_DEVICE` names (`cpu`, the default, or `cuda:N` in a `--features cuda`
+//! build): the golden tensors are moved there, and errors are measured back on the CPU in f64.
 
 #![allow(dead_code)]
 
@@ -7,8 +10,13 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use odelt_nodes::params::TensorMap;
 
+/// `nodes/tests/data`: found from the build's source directory, or at `ODELT_TEST_DATA` (a test binary carried to
+/// another machine, `scripts/gpu-check.sh`).
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    match std::env::var_os("ODELT_TEST_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"),
+    }
 }
 
 pub struct Golden {
@@ -32,6 +40,8 @@ impl Golden {
             .get(name)
             .unwrap_or_else(|e| panic!("npz read {name}: {e}"))
             .unwrap_or_else(|| panic!("npz has no {name}"))
+            .to_device(&device())
+            .unwrap_or_else(|e| panic!("{name} to the test device: {e}"))
     }
 
     /// Every `param/<path>` entry as a parameter map.
@@ -59,11 +69,15 @@ impl Golden {
 /// Relative L2 error ‖a − b‖ / ‖b‖.
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
         .to_dtype(candle_core::DType::F64)
         .unwrap()
         .flatten_all()
         .unwrap();
     let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
         .to_dtype(candle_core::DType::F64)
         .unwrap()
         .flatten_all()
@@ -88,6 +102,9 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     num / den.max(1e-30)
 }
 
-pub fn cpu() -> Device {
-    Device::Cpu
+/// The device under test: `ODELT_TEST_DEVICE` (default `cpu`), by the library's device names.
+pub fn device() -> Device {
+    let name = std::env::var("ODELT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    odelt_nodes::pipeline::device::device(&name)
+        .unwrap_or_else(|e| panic!("ODELT_TEST_DEVICE={name}: {e}"))
 }

@@ -7,7 +7,7 @@ mod golden_common;
 
 use candle_core::npy::NpzTensors;
 use candle_core::{DType, Tensor};
-use golden_common::{cpu, data_dir, rel_l2};
+use golden_common::{data_dir, device, rel_l2};
 use odelt_nodes::params::TensorMap;
 use odelt_nodes::{Dit, DitConfig};
 
@@ -35,6 +35,8 @@ impl Reference {
             .get(name)
             .unwrap_or_else(|e| panic!("npz read {name}: {e}"))
             .unwrap_or_else(|| panic!("npz has no {name}"))
+            .to_device(&device())
+            .unwrap_or_else(|e| panic!("{name} to the test device: {e}"))
     }
 
     fn config(&self, name: &str) -> DitConfig {
@@ -102,7 +104,7 @@ fn check_config(config: &str) -> Vec<(String, f64)> {
     let r = Reference::open();
     let cfg = r.config(config);
     let params = r.params(config);
-    let model = Dit::load(&cfg, &params, &cpu(), DType::F32, None).unwrap();
+    let model = Dit::load(&cfg, &params, &device(), DType::F32, None).unwrap();
     let (t, x, dt, y) = r.inputs(config);
     let cases = r.cases(config);
     assert!(!cases.is_empty(), "no cases for config {config}");
@@ -186,7 +188,7 @@ fn dead_block_not_needed_at_full_length() {
     let cfg = r.config("b");
     let mut params = r.params("b");
     params.0.retain(|k, _| !k.starts_with("DiTBlock_4/"));
-    let model = Dit::load(&cfg, &params, &cpu(), DType::F32, Some(5)).unwrap();
+    let model = Dit::load(&cfg, &params, &device(), DType::F32, Some(5)).unwrap();
     let (t, x, dt, y) = r.inputs("b");
     let v = model
         .with_length(5)

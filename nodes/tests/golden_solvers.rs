@@ -5,7 +5,7 @@
 mod golden_common;
 
 use candle_core::{DType, Tensor};
-use golden_common::{cpu, rel_l2, Golden};
+use golden_common::{device, rel_l2, Golden};
 use odelt_nodes::sample::{sample, SampleOptions};
 use odelt_nodes::solver::{solve, Guided, SolveStats, Solver};
 use odelt_nodes::{Dit, DitConfig};
@@ -15,7 +15,7 @@ const DOPRI5_TOL: f64 = 1e-4;
 
 fn setup(g: &Golden) -> (Dit, Tensor, Tensor) {
     let cfg = DitConfig::golden_tiny();
-    let model = Dit::load(&cfg, &g.params(), &cpu(), DType::F32, None).unwrap();
+    let model = Dit::load(&cfg, &g.params(), &device(), DType::F32, None).unwrap();
     (model, g.get("in/x0_nhwc"), g.get("in/labels"))
 }
 
@@ -121,9 +121,9 @@ fn batched_guidance_equals_two_passes() {
     assert!(err < 1e-6, "rel L2 {err:e}");
     assert!(rel_l2(&b, &g.get("out/euler_l4_T4_w1.5")) < EULER_TOL);
     // Bad labels are rejected up front.
-    let bad = Tensor::new(&[0u32, 11, 3], &cpu()).unwrap();
+    let bad = Tensor::new(&[0u32, 11, 3], &device()).unwrap();
     assert!(Guided::new(&m, &bad, 1.0).is_err());
-    let short = Tensor::new(&[0u32, 1], &cpu()).unwrap();
+    let short = Tensor::new(&[0u32, 1], &device()).unwrap();
     let mut f = Guided::new(&m, &short, 1.0).unwrap();
     assert!(solve(&mut f, &x0, 0.0, &s, &mut ()).is_err());
 }

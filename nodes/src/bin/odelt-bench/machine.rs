@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use odelt_nodes::model::packed::{Bf16Products, CpuKernels, Epilogue, PackedLinear, WeightFormat};
 use odelt_nodes::util::XorShift;
 
@@ -87,7 +87,13 @@ impl RefMatmul {
 
     /// candle's matmul in f32 on `device`.
     pub fn new(n: usize, device: &Device) -> Result<Self> {
-        Self::build(n, device, Multiplier::Candle)
+        Self::build(n, device, Multiplier::Candle(DType::F32))
+    }
+
+    /// candle's matmul in bf16 on `device` (on a GPU, cuBLAS's bf16 GEMM with f32 accumulation): the reference of a
+    /// bf16 forward off the CPU.
+    pub fn bf16(n: usize, device: &Device) -> Result<Self> {
+        Self::build(n, device, Multiplier::Candle(DType::BF16))
     }
 
     /// The packed CPU layer of the fused forward, in `format`.
@@ -105,12 +111,22 @@ impl RefMatmul {
         let a: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let b: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
         let mut operands = "f32";
+        let mut dtype = DType::F32;
         let (host, kernel, format) = match host {
-            Multiplier::Candle => (
+            Multiplier::Candle(DType::F32) => (
                 Host::Candle,
                 gemm_kernel(device).to_string(),
                 WeightFormat::F32,
             ),
+            Multiplier::Candle(other) => {
+                dtype = other;
+                operands = "bf16 x bf16 -> bf16, f32 accumulation";
+                (
+                    Host::Candle,
+                    gemm_kernel(device).to_string(),
+                    WeightFormat::Bf16,
+                )
+            }
             Multiplier::Blas => (
                 Host::Blas {
                     b: b.clone(),
@@ -142,8 +158,8 @@ impl RefMatmul {
             }
         };
         let mut r = RefMatmul {
-            a: Tensor::from_slice(&a, (n, n), device)?,
-            b: Tensor::from_vec(b, (n, n), device)?,
+            a: Tensor::from_slice(&a, (n, n), device)?.to_dtype(dtype)?,
+            b: Tensor::from_vec(b, (n, n), device)?.to_dtype(dtype)?,
             a_host: a,
             host,
             device: device.clone(),
@@ -190,7 +206,8 @@ impl RefMatmul {
 
 /// Which matmul a [`RefMatmul`] times.
 enum Multiplier {
-    Candle,
+    /// candle's matmul in this dtype (f32 or bf16).
+    Candle(DType),
     Blas,
     Packed(WeightFormat, CpuKernels),
 }
@@ -229,5 +246,22 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn the_bf16_reference_multiplies_in_bf16() {
+        let r = RefMatmul::bf16(32, &Device::Cpu).unwrap();
+        assert_eq!(
+            (r.format, r.a.dtype(), r.b.dtype()),
+            (WeightFormat::Bf16, DType::BF16, DType::BF16)
+        );
+        assert!(r.operands.starts_with("bf16"), "{}", r.operands);
+        let times = r.time(2).unwrap();
+        assert!(times.len() == 2 && times.iter().all(|&t| t > 0.0));
+        let f = RefMatmul::new(32, &Device::Cpu).unwrap();
+        assert_eq!(
+            (f.format, f.a.dtype(), f.operands),
+            (WeightFormat::F32, DType::F32, "f32")
+        );
     }
 }

@@ -145,6 +145,9 @@ pub fn run(a: &BenchArgs) -> Result<Results> {
     }
 
     let mut refs = vec![RefMatmul::new(a.matmul_size, &device)?];
+    if !device.is_cpu() && a.precision == Precision::Bf16 {
+        refs.push(RefMatmul::bf16(a.matmul_size, &device)?);
+    }
     let kernels = CpuKernels::detect();
     if device.is_cpu() && odelt_nodes::model::blas::LINKED {
         refs.push(RefMatmul::blas(a.matmul_size)?);
